@@ -30,6 +30,16 @@ INFER_PANEL = "Inference"
 # (command name, module under edgesam_cli.commands, help panel). Each module defines `command`,
 # or `app` for a command group.
 _COMMANDS: list[tuple[str, str, str]] = [
+    ("export-onnx", "export_onnx", DEPLOY_PANEL),
+    ("quantize", "quantize", DEPLOY_PANEL),
+    ("convert-tflite", "convert_tflite", DEPLOY_PANEL),
+    ("build-trt", "build_trt", DEPLOY_PANEL),
+    ("download-data", "download_data", DATA_PANEL),
+    ("distill", "distill", DATA_PANEL),
+    ("segment", "segment", INFER_PANEL),
+    ("evaluate", "evaluate", INFER_PANEL),
+    ("benchmark", "benchmark", INFER_PANEL),
+    ("weights", "weights", INFER_PANEL),
 ]
 
 

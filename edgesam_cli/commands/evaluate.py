@@ -1,0 +1,144 @@
+"""`edgesam evaluate`: prompted mIoU on SA-1B or COCO, per click and per object size."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXAMPLES = """
+[b]Examples[/b]
+
+  [dim]# EdgeSAM's SA-1B protocol: first 1000 val images, <= 64 boxes each, 2 refinement clicks[/dim]
+  edgesam evaluate --model edge_sam_dyt --checkpoint edge_sam_dyt.pth --data sa1b --data-root datasets/SA-1B --num-samples 1000
+
+  [dim]# COCO val, centre-point prompts, 4 masks per click and the oracle choice[/dim]
+  edgesam evaluate --checkpoint edge_sam_dyt.pth --data coco --data-root datasets/coco --prompt point-center --num-multimask-outputs 4 --multimask-select oracle
+
+  [dim]# the exported ONNX pair, scored against the PyTorch teacher instead of the ground truth[/dim]
+  edgesam evaluate --checkpoint out/edge_sam_dyt_encoder.onnx --reference sam_vit_h.pth --reference-model vit_h --data-root datasets/SA-1B
+
+  [dim]# COCO AP with GT boxes as prompts: save masks, then score them with pycocotools[/dim]
+  edgesam evaluate --checkpoint edge_sam_dyt.pth --data coco --data-root datasets/coco --refine-clicks 0 --save-masks
+
+The output folder gets report.json, miou_vs_clicks.png and, with --save-masks, coco_gt.json plus
+coco_results_click<k>.json (COCO RLE; load with COCO(gt).loadRes(results) and run COCOeval "segm").
+Click 1 is the initial prompt alone; click k adds k-1 corrective points at the centre of the largest
+error region.
+"""
+
+
+class Dataset(str, Enum):
+    sa1b = "sa1b"
+    coco = "coco"
+
+
+class PromptKind(str, Enum):
+    box = "box"
+    point_center = "point-center"
+    point_random = "point-random"
+    box_center = "box-center"
+    point_annotated = "point-annotated"
+
+
+class Select(str, Enum):
+    score = "score"
+    area = "area"
+    oracle = "oracle"
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", exists=True, dir_okay=False,
+        help="Weights (.pth/.pt) or an exported artifact (e.g. NAME_encoder.onnx) opened by load_predictor.")],
+    data_root: Annotated[Path, typer.Option(
+        "--data-root", exists=True, file_okay=False,
+        help="Dataset root: SA-1B with images/<split> + annotations/<split>, or COCO with annotations/.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model variant of a .pth checkpoint (default edge_sam_dyt); ignored for artifacts.")] = None,
+    data: Annotated[Dataset, typer.Option("--data", help="Dataset format.")] = Dataset.sa1b,
+    split: Annotated[str, typer.Option("--split", help="Split name (val, train).")] = "val",
+    prompt: Annotated[PromptKind, typer.Option("--prompt", help="Initial prompt per object.")] = PromptKind.box,
+    refine_clicks: Annotated[int, typer.Option(
+        "--refine-clicks", min=0, help="Corrective clicks after the initial prompt.")] = 2,
+    num_samples: Annotated[int | None, typer.Option(
+        "--num-samples", min=1, help="Evaluate the first N images (sorted order); default all.")] = None,
+    max_prompts: Annotated[int, typer.Option(
+        "--max-prompts", min=0, help="Objects per image (seeded subset beyond it; 0 = all).")] = 64,
+    num_multimask_outputs: Annotated[int, typer.Option(
+        "--num-multimask-outputs", min=1, max=4, help="Masks per prediction: 1, 3 or 4.")] = 1,
+    multimask_select: Annotated[Select, typer.Option(
+        "--multimask-select", help="Keep the mask with the best predicted score, the largest area, or the "
+        "best IoU with the target (oracle).")] = Select.score,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", exists=True, dir_okay=False,
+        help="Score agreement with this model's masks (e.g. the teacher) instead of the ground truth.")] = None,
+    reference_model: Annotated[str | None, typer.Option(
+        "--reference-model", help="Variant of the --reference checkpoint (e.g. vit_h).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for point-random and the object subset.")] = 0,
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output folder (created).")] = Path("eval_out"),
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Also write the kept masks as COCO RLE results (+ the matching GT subset).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+) -> None:
+    """Evaluate prompted segmentation (mIoU x100 per click and per object size) on SA-1B or COCO."""
+    import json
+
+    from rich.table import Table
+
+    from edgesam_cli.console import RichProgress, err_console, out_console
+    from edgesam_core.errors import ConfigError
+    from edgesam_core.evaluation import evaluate, open_eval_dataset
+    from edgesam_core.evaluation.report import CocoResultsWriter, plot_miou_vs_clicks, table_rows, write_json
+    from edgesam_core.inference import load_predictor
+
+    if num_multimask_outputs not in (1, 3, 4):
+        raise ConfigError(f"--num-multimask-outputs must be 1, 3 or 4, got {num_multimask_outputs}")
+    if reference_model and reference is None:
+        raise ConfigError("--reference-model needs --reference CHECKPOINT")
+
+    dataset = open_eval_dataset(data.value, data_root, split, num_samples)
+    err_console.print(f"Loading {checkpoint.name} ...")
+    predictor = load_predictor(checkpoint, model=model, device=device)
+    reference_predictor = None
+    if reference is not None:
+        reference_predictor = load_predictor(reference, model=reference_model, device=device)
+    writer = CocoResultsWriter() if save_masks else None
+    with RichProgress() as progress:
+        report = evaluate(predictor, dataset, prompt=prompt.value, refine_clicks=refine_clicks,
+                          num_samples=num_samples, reference_predictor=reference_predictor, progress=progress,
+                          max_prompts=max_prompts, num_multimask_outputs=num_multimask_outputs,
+                          multimask_select=multimask_select.value, seed=seed, on_mask=writer)
+    report.settings.update({
+        "checkpoint": str(checkpoint), "model": model, "data": data.value, "data_root": str(data_root),
+        "split": split, "reference": str(reference) if reference else None, "reference_model": reference_model,
+        "device": device,
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    summary = report.to_dict()
+    files = [write_json(summary, out / "report.json"), plot_miou_vs_clicks(report, out / "miou_vs_clicks.png")]
+    if writer is not None:
+        files += writer.write(out)
+
+    if json_output:
+        out_console.print_json(json.dumps(summary))
+    else:
+        target = "reference masks" if reference else "ground truth"
+        table = Table(title=f"mIoU vs {target}: {data.value}/{split}, {prompt.value} prompt, "
+                            f"{report.num_images} images, {report.num_prompts} prompts",
+                      title_justify="left")
+        columns, rows = table_rows(report)
+        for column in columns:
+            table.add_column(column, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
+    if report.skipped_empty:
+        err_console.print(f"{report.skipped_empty} objects with an empty mask were skipped.")
+    err_console.print("Wrote " + ", ".join(str(f) for f in files))
+
+
+command.__doc__ = (command.__doc__ or "") + "\n\n" + EXAMPLES

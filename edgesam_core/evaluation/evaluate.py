@@ -1,0 +1,248 @@
+"""Prompted mIoU evaluation with refinement clicks, on any backend behind the predictor interface.
+
+Protocol (EdgeSAM's, with the fixes listed in the README): for each image, up to ``max_prompts`` GT objects
+(a seeded subset without replacement when there are more); each object gets an initial prompt (GT box, GT
+centre point, or a seeded random GT point); then, ``refine_clicks`` times, a point is added at the centre
+of the largest error region of the last prediction and the decoder runs again with every point so far
+(and the box, for box prompts). The previous logits are not fed back as a mask prompt, as upstream.
+IoU is computed at the original image resolution; mIoU is the mean over all prompts of all images, x100.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, EdgeSamError
+from ..inference.base import Predictor
+from ..progress import NullProgress, Progress
+from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
+from .prompts import PROMPT_TYPES, Prompt, make_prompt
+from .samples import EvalObject, EvalSample
+
+MULTIMASK_SELECT: tuple[str, ...] = ("score", "area", "oracle")
+
+
+@dataclass(frozen=True)
+class MaskRecord:
+    """One scored prediction, passed to ``on_mask`` (used to save COCO results)."""
+
+    sample: EvalSample
+    obj: EvalObject
+    area: float
+    click: int
+    mask: np.ndarray
+    score: float
+
+
+@dataclass
+class EvalReport:
+    """Result of :func:`evaluate`.
+
+    ``clicks[k]`` holds the mIoU after click ``k + 1`` (click 1 = the initial prompt alone), overall
+    (``"all"``) and per COCO size bucket, each with its prompt count. ``ious`` is the P x K array of
+    per-prompt IoUs and ``buckets`` the size bucket of each prompt.
+    """
+
+    settings: dict[str, Any]
+    num_images: int
+    num_prompts: int
+    skipped_empty: int
+    seconds: float
+    clicks: list[dict[str, MIoU]]
+    ious: np.ndarray = field(repr=False)
+    buckets: list[str] = field(repr=False)
+
+    def miou(self, click: int = 1, size: str = "all") -> float:
+        """mIoU (x100) after ``click`` (1-based) for ``size`` (``all``, ``small``, ``medium``, ``large``)."""
+        return self.clicks[click - 1][size].miou
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (per-prompt IoUs are left out)."""
+        return {
+            "settings": dict(self.settings),
+            "num_images": self.num_images,
+            "num_prompts": self.num_prompts,
+            "skipped_empty_masks": self.skipped_empty,
+            "seconds": round(self.seconds, 3),
+            "clicks": [
+                {"click": k + 1, **{name: entry[name].to_dict() for name in ("all", *SIZE_BUCKETS)}}
+                for k, entry in enumerate(self.clicks)
+            ],
+        }
+
+
+def _seed_for(seed: int, *parts: str | int) -> list[int]:
+    """Seed sequence that depends on the run seed and on stable identifiers, not on iteration order."""
+    return [seed & 0xFFFFFFFF] + [zlib.crc32(str(p).encode()) for p in parts]
+
+
+def select_objects(objects: Sequence[EvalObject], max_prompts: int | None, seed: int, key: str) -> list[EvalObject]:
+    """At most ``max_prompts`` objects of an image: a seeded subset without replacement, in original order."""
+    if max_prompts is None or max_prompts <= 0 or len(objects) <= max_prompts:
+        return list(objects)
+    rng = np.random.default_rng(_seed_for(seed, key))
+    keep = np.sort(rng.choice(len(objects), size=max_prompts, replace=False))
+    return [objects[int(i)] for i in keep]
+
+
+def _predict(predictor: Predictor, prompt: Prompt, num_outputs: int,
+             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    result = predictor.predict(point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
+                               num_multimask_outputs=num_outputs)
+    masks = np.asarray(result[0]).astype(bool, copy=False)
+    scores = np.asarray(result[1], dtype=np.float64).reshape(-1)
+    if masks.ndim != 3 or masks.shape[1:] != shape or scores.shape[0] != masks.shape[0]:
+        raise EdgeSamError(
+            f"The predictor returned masks of shape {masks.shape} and scores of shape {scores.shape}; "
+            f"expected C x {shape[0]} x {shape[1]} masks (original image size) and C scores"
+        )
+    return masks, scores
+
+
+def _select(masks: np.ndarray, scores: np.ndarray, how: str, target: np.ndarray) -> tuple[int, float | None]:
+    """Index of the mask to keep (and its IoU when it was computed to choose)."""
+    if masks.shape[0] == 1:
+        return 0, None
+    if how == "score":
+        return int(np.argmax(scores)), None
+    if how == "area":
+        return int(np.argmax(masks.reshape(masks.shape[0], -1).sum(axis=1))), None
+    ious = [mask_iou(m, target) for m in masks]
+    best = int(np.argmax(ious))
+    return best, ious[best]
+
+
+def _validate(prompt: str, refine_clicks: int, num_multimask_outputs: int, multimask_select: str) -> None:
+    if prompt not in PROMPT_TYPES:
+        raise ConfigError(f"Unknown prompt type '{prompt}'; choose one of {', '.join(PROMPT_TYPES)}")
+    if refine_clicks < 0:
+        raise ConfigError(f"--refine-clicks must be >= 0, got {refine_clicks}")
+    if num_multimask_outputs not in (1, 3, 4):
+        raise ConfigError(f"--num-multimask-outputs must be 1, 3 or 4, got {num_multimask_outputs}")
+    if multimask_select not in MULTIMASK_SELECT:
+        raise ConfigError(f"Unknown --multimask-select '{multimask_select}'; choose one of "
+                          f"{', '.join(MULTIMASK_SELECT)}")
+
+
+def evaluate(
+    predictor: Predictor,
+    dataset: Iterable[EvalSample],
+    prompt: str = "box",
+    refine_clicks: int = 0,
+    num_samples: int | None = None,
+    reference_predictor: Predictor | None = None,
+    progress: Progress | None = None,
+    *,
+    max_prompts: int | None = 64,
+    num_multimask_outputs: int = 1,
+    multimask_select: str = "score",
+    seed: int = 0,
+    on_mask: Callable[[MaskRecord], None] | None = None,
+) -> EvalReport:
+    """Score a predictor's masks against ground truth (or a reference model) with optional refinement clicks.
+
+    Args:
+        predictor: object with ``set_image(rgb uint8 H x W x 3)`` and ``predict(point_coords N x 2,
+            point_labels N, box 4, num_multimask_outputs=C) -> (masks C x H x W bool, scores C, ...)``, all
+            in original image pixels.
+        dataset: iterable of :class:`EvalSample` (see :mod:`edgesam_core.evaluation.samples`).
+        prompt: ``box``, ``point-center``, ``point-random``, ``box-center`` or ``point-annotated``.
+        refine_clicks: corrective clicks after the initial prompt (report has ``1 + refine_clicks`` entries).
+        num_samples: evaluate at most this many images (None: all).
+        reference_predictor: if given, targets are this model's masks for the initial prompt (selected by
+            score, or by area with ``multimask_select="area"``) instead of the GT; size buckets still use
+            the GT area.
+        progress: progress reporter (one task, advanced per image).
+        max_prompts: objects per image (EdgeSAM's protocol: 64); None or <= 0 for all.
+        num_multimask_outputs: masks per prediction, 1, 3 or 4.
+        multimask_select: how to keep one of several masks: ``score`` (highest predicted IoU), ``area``
+            (largest), ``oracle`` (highest IoU with the target).
+        seed: seed for ``point-random`` and for the object subset when an image has more than ``max_prompts``.
+        on_mask: called with a :class:`MaskRecord` for every kept mask (e.g. a COCO results writer).
+
+    Returns:
+        An :class:`EvalReport`.
+
+    Raises:
+        ConfigError: invalid settings.
+        DatasetError: unreadable images or annotations.
+    """
+    _validate(prompt, refine_clicks, num_multimask_outputs, multimask_select)
+    progress = progress or NullProgress()
+    total: int | None = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+    if num_samples is not None and num_samples >= 0:
+        dataset = itertools.islice(dataset, num_samples)
+        total = num_samples if total is None else min(total, num_samples)
+    reference_select = "area" if multimask_select == "area" else "score"
+    rounds = 1 + refine_clicks
+
+    rows: list[list[float]] = []
+    buckets: list[str] = []
+    num_images = skipped = 0
+    start = time.perf_counter()
+    task = progress.add_task("Evaluating", total=total)
+    for sample in dataset:
+        objects = select_objects(sample.objects, max_prompts, seed, sample.key)
+        image = sample.image()
+        predictor.set_image(image)
+        if reference_predictor is not None:
+            reference_predictor.set_image(image)
+        shape = (sample.height, sample.width)
+        for obj in objects:
+            gt = obj.mask()
+            if not gt.any():
+                skipped += 1  # IoU and point prompts are undefined for an empty object
+                continue
+            area = obj.area if obj.area >= 0 else float(np.count_nonzero(gt))
+            rng = np.random.default_rng(_seed_for(seed, sample.key, obj.ann_id))
+            current = make_prompt(prompt, gt, obj.box, rng, obj.point)
+            target = gt
+            if reference_predictor is not None:
+                ref_masks, ref_scores = _predict(reference_predictor, current, num_multimask_outputs, shape)
+                target = ref_masks[_select(ref_masks, ref_scores, reference_select, gt)[0]]
+            row: list[float] = []
+            for k in range(rounds):
+                masks, scores = _predict(predictor, current, num_multimask_outputs, shape)
+                index, iou = _select(masks, scores, multimask_select, target)
+                mask = masks[index]
+                row.append(mask_iou(mask, target) if iou is None else iou)
+                if on_mask is not None:
+                    on_mask(MaskRecord(sample, obj, area, k + 1, mask, float(scores[index])))
+                if k + 1 == rounds:
+                    break
+                click = refinement_click(mask, target)
+                if click is None:
+                    # Already perfect: a user would stop clicking, and re-predicting the same prompt gives the
+                    # same mask, so the remaining rounds keep this result.
+                    for later in range(k + 2, rounds + 1):
+                        row.append(row[-1])
+                        if on_mask is not None:
+                            on_mask(MaskRecord(sample, obj, area, later, mask, float(scores[index])))
+                    break
+                current = current.with_click(click.x, click.y, click.label)
+            rows.append(row)
+            buckets.append(size_bucket(area))
+        num_images += 1
+        progress.advance(task)
+    progress.finish(task)
+
+    ious = np.asarray(rows, dtype=np.float64).reshape(len(rows), rounds)
+    settings = {
+        "prompt": prompt,
+        "refine_clicks": refine_clicks,
+        "max_prompts": max_prompts if max_prompts and max_prompts > 0 else None,
+        "num_multimask_outputs": num_multimask_outputs,
+        "multimask_select": multimask_select,
+        "target": "reference" if reference_predictor is not None else "ground_truth",
+        "seed": seed,
+    }
+    return EvalReport(settings=settings, num_images=num_images, num_prompts=len(rows), skipped_empty=skipped,
+                      seconds=time.perf_counter() - start, clicks=aggregate_miou(ious, buckets), ious=ious,
+                      buckets=buckets)

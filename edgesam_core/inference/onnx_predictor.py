@@ -1,0 +1,236 @@
+"""``OnnxSamPredictor``: the ``SamPredictor`` API on top of exported ONNX graphs (fp32 or int8).
+
+Pre- and post-processing are the PyTorch predictor's, written in numpy so this backend never imports
+torch: PIL-bilinear resize of the longest side, normalisation with SAM's pixel statistics, zero padding;
+logits upscaled bilinearly (align_corners=False) to the model input, cropped to the resized image and
+resized to the original size. Give it ``X_encoder.onnx``; the decoder is ``X_decoder.onnx`` beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesam_core.data.transforms import ResizeLongestSide
+from edgesam_core.errors import InputError
+from edgesam_core.inference.base import Prediction
+
+#: SAM's RGB pixel statistics on the 0-255 scale (identical for every variant).
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+MASK_THRESHOLD = 0.0
+_MASK_SLICES = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}
+
+
+def create_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    """An onnxruntime ``InferenceSession`` (CUDA first when that provider is installed).
+
+    Args:
+        path: ``.onnx`` file.
+        threads: intra-op threads (None: onnxruntime's default).
+        providers: explicit execution providers; default CUDA (if available) then CPU.
+    """
+    from edgesam_core.deps import require
+
+    ort = require("onnxruntime", purpose="running ONNX models")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def decoder_path_for(encoder: str | Path) -> Path:
+    """``X_encoder.onnx`` -> ``X_decoder.onnx`` (the naming ``edgesam export-onnx`` uses)."""
+    encoder = Path(encoder)
+    if not encoder.name.endswith("_encoder.onnx"):
+        raise InputError(f"{encoder.name}: expected an encoder file named '<name>_encoder.onnx' "
+                         "with '<name>_decoder.onnx' beside it (as written by 'edgesam export-onnx')")
+    return encoder.with_name(encoder.name[: -len("_encoder.onnx")] + "_decoder.onnx")
+
+
+def preprocess(image: np.ndarray, img_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 ``HxWx3`` -> normalised, zero-padded ``1x3xSxS`` float32 and the resized ``(h, w)``."""
+    resized = ResizeLongestSide(img_size).apply_image(np.ascontiguousarray(image))
+    h, w = resized.shape[:2]
+    x = np.zeros((1, 3, img_size, img_size), np.float32)
+    x[0, :, :h, :w] = ((resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)
+    return x, (h, w)
+
+
+def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # PyTorch's bilinear, align_corners=False: half-pixel centres, negative sources clamped to 0.
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = (src - i0).astype(np.float32)
+    return i0, i1, frac
+
+
+def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize of ``...xHxW`` float arrays, numerically PyTorch's ``align_corners=False``."""
+    y0, y1, fy = _axis_weights(x.shape[-2], out_h)
+    x0, x1, fx = _axis_weights(x.shape[-1], out_w)
+    rows = x[..., y0, :] * (1.0 - fy)[:, None] + x[..., y1, :] * fy[:, None]
+    return (rows[..., x0] * (1.0 - fx) + rows[..., x1] * fx).astype(np.float32)
+
+
+def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
+                      original_size: tuple[int, int]) -> np.ndarray:
+    """Logits ``Cxhxw`` -> ``CxHxW`` in the original frame (as ``Sam.postprocess_masks``)."""
+    if low_res.shape[-1] != img_size:
+        low_res = resize_bilinear(low_res, img_size, img_size)
+    cropped = low_res[..., : input_size[0], : input_size[1]]
+    return resize_bilinear(cropped, int(original_size[0]), int(original_size[1]))
+
+
+def stability_score(logits: np.ndarray, threshold: float = MASK_THRESHOLD, offset: float = 1.0) -> np.ndarray:
+    """IoU of the masks at ``threshold +/- offset`` per mask (numpy twin of ``calculate_stability_score``)."""
+    high = (logits > threshold + offset).sum(axis=(-1, -2)).astype(np.float32)
+    low = (logits > threshold - offset).sum(axis=(-1, -2)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return high / low
+
+
+class OnnxSamPredictor:
+    """SAM-style predictor over ``X_encoder.onnx`` + ``X_decoder.onnx`` (onnxruntime).
+
+    Args:
+        encoder_path: the encoder graph; the decoder is found beside it (``decoder_path`` overrides).
+        decoder_path: explicit decoder graph.
+        threads: intra-op threads for both sessions (None: onnxruntime default).
+        providers: onnxruntime execution providers (default CUDA if installed, then CPU).
+
+    The ONNX decoder has no mask input, so ``mask_input`` is rejected; HQ graphs return only the HQ mask,
+    so ``return_sam_masks`` is rejected too.
+    """
+
+    def __init__(self, encoder_path: str | Path, decoder_path: str | Path | None = None,
+                 threads: int | None = None, providers: list[str] | None = None) -> None:
+        encoder_path = Path(encoder_path)
+        decoder_path = Path(decoder_path) if decoder_path else decoder_path_for(encoder_path)
+        for path in (encoder_path, decoder_path):
+            if not path.is_file():
+                raise InputError(f"ONNX file not found: {path} (export one with 'edgesam export-onnx')")
+        self.encoder_path, self.decoder_path = encoder_path, decoder_path
+        self.encoder = create_session(encoder_path, threads, providers)
+        self.decoder = create_session(decoder_path, threads, providers)
+        self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
+        self.is_hq = len(self.encoder.get_outputs()) == 4
+        self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
+        self.transform = ResizeLongestSide(self.img_size)
+        self.stability_score_offset = 1.0
+        self.mask_threshold = MASK_THRESHOLD
+        self.reset_image()
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: list[np.ndarray] | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an ``HxWx3`` uint8 image (``image_format`` ``"RGB"`` or ``"BGR"``)."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"set_image expects an HxWx3 uint8 array, got {getattr(image, 'dtype', type(image))} "
+                             f"with shape {getattr(image, 'shape', None)}")
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        self.reset_image()
+        x, self.input_size = preprocess(image, self.img_size)
+        self.original_size = (int(image.shape[0]), int(image.shape[1]))
+        self.features = self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The ``1x256xgxg`` image embedding of the current image."""
+        self._require_image()
+        return self.features[0]
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise InputError("No image set: call set_image(image) before predicting.")
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        num_multimask_outputs: int | None = None,
+        multimask_output: bool | None = None,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+        return_sam_masks: bool = False,
+    ) -> Prediction:
+        """Predict masks for one prompt set; arguments and result as ``SamPredictor.predict``.
+
+        Raises:
+            InputError: no image set, or an option the ONNX graphs do not provide (mask_input,
+                return_sam_masks). ValueError: malformed prompts.
+        """
+        from edgesam_core.inference.predictor import _check_points, resolve_num_outputs
+
+        self._require_image()
+        if mask_input is not None:
+            raise InputError("The ONNX decoder has no mask input: drop mask_input or use the PyTorch checkpoint")
+        if return_sam_masks:
+            raise InputError("ONNX HQ decoders return only the HQ mask: drop return_sam_masks or use the checkpoint")
+        num_outputs = resolve_num_outputs(num_multimask_outputs, multimask_output)
+        feed: dict[str, np.ndarray] = {"image_embeddings": self.features[0]}
+        if point_coords is not None or point_labels is not None:
+            coords, labels = _check_points(point_coords, point_labels)
+            feed["point_coords"] = self.transform.apply_coords(coords, self.original_size)[None].astype(np.float32)
+            feed["point_labels"] = labels[None].astype(np.float32)
+            feed["point_valid"] = np.ones((1, 1), bool)
+        else:
+            feed["point_coords"] = np.zeros((1, 1, 2), np.float32)
+            feed["point_labels"] = -np.ones((1, 1), np.float32)
+            feed["point_valid"] = np.zeros((1, 1), bool)
+        if box is not None:
+            box_arr = np.asarray(box, dtype=np.float64)
+            if box_arr.size != 4 or not np.all(np.isfinite(box_arr)):
+                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1; got shape {box_arr.shape}")
+            feed["boxes"] = self.transform.apply_boxes(box_arr.reshape(1, 4), self.original_size).reshape(
+                1, 1, 4).astype(np.float32)
+        else:
+            feed["boxes"] = np.zeros((1, 1, 4), np.float32)
+        feed["boxes_valid"] = np.array([[box is not None]])
+        for i, arr in enumerate(self.features[1:]):
+            feed[f"interm_embeddings_{i}"] = arr
+        scores, logits = self.decoder.run(None, {k: v for k, v in feed.items() if k in self._decoder_inputs})
+        if not self.is_hq:
+            sl = _MASK_SLICES[num_outputs]
+            scores, logits = scores[:, sl], logits[:, sl]
+        scores, logits = scores[0].astype(np.float32), logits[0].astype(np.float32)
+        low_res_side = 4 * int(self.features[0].shape[-1])
+        # Graphs exported with --upsample return SxS logits; bring them back to the low-res grid.
+        low_res = logits if logits.shape[-1] == low_res_side else resize_bilinear(logits, low_res_side, low_res_side)
+        if use_stability_score:
+            scores = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+        masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return Prediction(masks, scores, low_res)
+
+
+def load_onnx_predictor(path: str | Path, model: str | None = None, device: str = "cpu",
+                        **options: Any) -> OnnxSamPredictor:
+    """``load_predictor`` factory for ``.onnx`` files: the encoder (or decoder) of an exported pair.
+
+    ``model`` is ignored (the graphs define the model); ``device`` ``"cuda"`` asks for the CUDA provider.
+    """
+    path = Path(path)
+    if path.name.endswith("_decoder.onnx"):
+        path = path.with_name(path.name[: -len("_decoder.onnx")] + "_encoder.onnx")
+    providers = None if str(device).startswith("cuda") else ["CPUExecutionProvider"]
+    return OnnxSamPredictor(path, providers=providers, **options)

@@ -1,0 +1,151 @@
+"""SAM's mask decoder with EdgeSAM's 1/3/4-mask output modes and injected norm/activation."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .layers.common import MLP
+from .layers.norm import LayerNorm2d
+
+_MASK_SLICES = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}
+
+
+def mask_slice(num_multimask_outputs: int) -> slice:
+    """Token slice for ``num_multimask_outputs``: 1 -> token 0, 3 -> tokens 1-3, 4 -> tokens 0-3."""
+    try:
+        return _MASK_SLICES[int(num_multimask_outputs)]
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"num_multimask_outputs must be 1, 3 or 4, got {num_multimask_outputs!r}."
+        ) from None
+
+
+def expand_to_prompts(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
+    """Repeat per-image tensors ``(B_img, ...)`` so there is one row per prompt set.
+
+    One image with N prompt sets (SAM's convention) repeats it N times; B images with B*k prompt sets repeat
+    each image k times (prompts grouped by image).
+    """
+    n_img = x.shape[0]
+    if n_img == num_prompts:
+        return x
+    if n_img == 0 or num_prompts % n_img:
+        raise InputError(
+            f"Cannot pair {num_prompts} prompt sets with {n_img} image embeddings; "
+            "pass one image or a multiple of the image count."
+        )
+    return torch.repeat_interleave(x, num_prompts // n_img, dim=0)
+
+
+class MaskDecoder(nn.Module):
+    """Predicts mask logits and IoU scores from an image embedding and prompt tokens.
+
+    Args:
+        transformer_dim: token width (256); transformer: the ``TwoWayTransformer``;
+        num_multimask_outputs: number of extra mask tokens (3, so 4 mask tokens in total);
+        norm_layer: 2-D norm constructor in ``output_upscaling`` (LayerNorm2d or channels-first DyT);
+        act_layer: activation constructor (GELU exact or tanh);
+        iou_head_depth / iou_head_hidden_dim: the IoU MLP (3 layers, 256 wide, one output per mask token).
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        norm_layer: Callable[[int], nn.Module] = LayerNorm2d,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            norm_layer(transformer_dim // 4),
+            act_layer(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            act_layer(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        num_multimask_outputs: int = 1,
+        interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks for each prompt set.
+
+        Args:
+            image_embeddings: ``(B_img, C, h, w)``; image_pe: ``(1, C, h, w)`` (``get_dense_pe()``);
+            sparse_prompt_embeddings: ``(B, T, C)``; dense_prompt_embeddings: ``(B, C, h, w)``;
+            num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (all tokens);
+            interm_embeddings: ignored (accepted so every decoder takes the same call).
+
+        Returns:
+            Mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.
+        """
+        sl = mask_slice(num_multimask_outputs)
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return masks[:, sl, :, :], iou_pred[:, sl]
+
+    def _output_tokens(self) -> torch.Tensor:
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+
+    def _run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the transformer; return the output tokens and the upscaled embedding ``(B, C/8, 4h, 4w)``."""
+        output_tokens = self._output_tokens()
+        n = sparse_prompt_embeddings.shape[0]
+        output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        src = expand_to_prompts(image_embeddings, n) + dense_prompt_embeddings
+        pos_src = expand_to_prompts(image_pe, n)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        return hs, self.output_upscaling(src)
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All mask-token outputs: logits ``(B, 4, 4h, 4w)`` and IoU predictions ``(B, 4)``."""
+        hs, upscaled = self._run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)

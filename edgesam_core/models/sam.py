@@ -1,0 +1,135 @@
+"""The ``Sam`` wrapper: image encoder + prompt encoder + mask decoder, with SAM's pre/post-processing."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# An image embedding ``(B, 256, 64, 64)``, or for HQ models ``(embedding, [early features])``.
+ImageFeatures = Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    """Segment-Anything style model.
+
+    Args:
+        image_encoder: RepViT or ViT encoder (has ``img_size``).
+        prompt_encoder: ``PromptEncoder``.
+        mask_decoder: ``MaskDecoder`` or an HQ decoder.
+        variant: registry name the model was built from.
+        is_hq: True when the encoder returns early features and the decoder returns ``(hq, sam, iou)``.
+        pixel_mean / pixel_std: RGB normalisation on the 0-255 scale.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        variant: str = "",
+        is_hq: bool = False,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.variant = variant
+        self.is_hq = is_hq
+        # Non-persistent: the published checkpoints do not contain them.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def img_size(self) -> int:
+        """Side of the square model input (1024, or 128 for debug variants)."""
+        return int(self.image_encoder.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(B, 3, H, W)`` or ``(3, H, W)`` 0-255 RGB, then zero-pad bottom/right to ``img_size``."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def encode_image(self, x: torch.Tensor) -> ImageFeatures:
+        """Run the image encoder on preprocessed images ``(B, 3, img_size, img_size)``.
+
+        Returns:
+            The embedding ``(B, 256, 64, 64)``; for HQ models ``(embedding, [early features])``.
+        """
+        out = self.image_encoder(x)
+        if isinstance(out, tuple):
+            embedding, feats = out
+            return embedding, list(feats)
+        return out
+
+    def postprocess_masks(
+        self,
+        masks: torch.Tensor,
+        input_size: Sequence[int],
+        original_size: Sequence[int],
+    ) -> torch.Tensor:
+        """Upscale low-res logits to ``img_size``, crop the padding, resize to the original image.
+
+        Args:
+            masks: ``(B, C, h, w)`` logits from the decoder.
+            input_size: ``(H, W)`` of the resized image before padding.
+            original_size: ``(H, W)`` of the original image.
+
+        Returns:
+            ``(B, C, H_orig, W_orig)`` logits (threshold at ``mask_threshold`` for a binary mask).
+        """
+        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : int(input_size[0]), : int(input_size[1])]
+        return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def forward(self, batched_input: list[dict[str, Any]], num_multimask_outputs: int = 1) -> list[dict[str, Any]]:
+        """SAM-style end-to-end prediction.
+
+        Args:
+            batched_input: one dict per image with ``image`` (3xHxW, resized, 0-255), ``original_size`` (H, W)
+                and optionally ``point_coords`` (BxNx2), ``point_labels`` (BxN), ``boxes`` (Bx4),
+                ``mask_inputs`` (Bx1x256x256), all in the resized frame.
+            num_multimask_outputs: 1, 3 or 4 masks per prompt set.
+
+        Returns:
+            One dict per image with ``masks`` (bool, original size), ``iou_predictions``, ``low_res_logits``
+            and, for HQ models, ``low_res_logits_sam``.
+        """
+        images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
+        features = self.encode_image(images)
+        embeddings, interm = features if isinstance(features, tuple) else (features, None)
+        outputs = []
+        for i, rec in enumerate(batched_input):
+            points = (rec["point_coords"], rec["point_labels"]) if "point_coords" in rec else None
+            sparse, dense = self.prompt_encoder(points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs"))
+            out = self.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                num_multimask_outputs=num_multimask_outputs,
+                interm_embeddings=None if interm is None else [f[i : i + 1] for f in interm],
+            )
+            low_res, iou = (out[0], out[2]) if self.is_hq else out
+            masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"])
+            record = {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            if self.is_hq:
+                record["low_res_logits_sam"] = out[1]
+            outputs.append(record)
+        return outputs

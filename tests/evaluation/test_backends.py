@@ -1,0 +1,45 @@
+"""The same evaluation through the PyTorch and the exported ONNX backend of the debug model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesam_core.evaluation import evaluate, open_eval_dataset
+
+
+@pytest.mark.parametrize("prompt", ["box", "point-center"])
+def test_torch_and_onnx_give_the_same_miou(debug_model_files, sa1b_root, prompt):
+    from edgesam_core.inference import load_predictor
+
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    reports = {}
+    predictors = {"pth": load_predictor(debug_model_files["pth"], model="edge_sam_dyt_debug"),
+                  "onnx": load_predictor(debug_model_files["onnx"])}
+    for backend, predictor in predictors.items():
+        reports[backend] = evaluate(predictor, ds, prompt=prompt, refine_clicks=2, num_multimask_outputs=3)
+    torch_report, onnx_report = reports["pth"], reports["onnx"]
+    assert torch_report.num_prompts == onnx_report.num_prompts == 6
+    for click in (1, 2, 3):
+        for size in ("all", "small", "medium", "large"):
+            # mIoU is reported x100; the 1e-4 tolerance is on the IoU scale [0, 1].
+            assert onnx_report.miou(click, size) / 100 == pytest.approx(torch_report.miou(click, size) / 100,
+                                                                        abs=1e-4)
+    # Per prompt too, so that compensating differences cannot hide: a few pixels whose logits sit within
+    # float32 noise of the threshold may flip, nothing more.
+    np.testing.assert_allclose(onnx_report.ious, torch_report.ious, atol=1e-3)
+
+def test_hq_model_evaluates_with_its_single_hq_mask(sa1b_root):
+    """HQ predictors return one mask whatever num_multimask_outputs says; every selection rule copes."""
+    import torch
+
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    predictor = SamPredictor(build_sam("edge_sam_dyt_hq_debug"))
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    for select in ("score", "oracle"):
+        report = evaluate(predictor, ds, prompt="point-random", refine_clicks=1, num_multimask_outputs=4,
+                          multimask_select=select)
+        assert report.num_prompts == 6 and 0.0 <= report.miou(2) <= 100.0

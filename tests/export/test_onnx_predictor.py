@@ -1,0 +1,97 @@
+"""OnnxSamPredictor gives SamPredictor's masks, scores and logits from the exported graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+IMAGE_HW = (150, 200)
+
+
+def _image():
+    from edgesam_core.export.parity import synthetic_image
+
+    return synthetic_image(*IMAGE_HW, seed=3)
+
+
+PROMPTS = {
+    "point": {"point_coords": np.array([[60.0, 50.0], [140.0, 90.0]]), "point_labels": np.array([1, 0])},
+    "box": {"box": np.array([30.0, 20.0, 150.0, 120.0])},
+    "box+points": {"box": np.array([30.0, 20.0, 150.0, 120.0]), "point_coords": np.array([[80.0, 60.0]]),
+                   "point_labels": np.array([1])},
+}
+
+
+def _compare(torch_pred, onnx_pred, **kwargs):
+    a = torch_pred.predict(**kwargs)
+    b = onnx_pred.predict(**kwargs)
+    assert a.masks.shape == b.masks.shape and a.scores.shape == b.scores.shape
+    assert np.abs(a.low_res_logits - b.low_res_logits).max() < 1e-4
+    assert np.abs(a.scores - b.scores).max() < 1e-4
+    logits_a = torch_pred.predict(**kwargs, return_logits=True).masks
+    logits_b = onnx_pred.predict(**kwargs, return_logits=True).masks
+    assert np.abs(logits_a - logits_b).max() < 1e-4
+    # Binary masks agree except where |logit| is within float noise of the threshold.
+    disagree = a.masks != b.masks
+    assert not disagree.any() or np.abs(logits_a[disagree]).max() < 1e-4
+    return a
+
+
+@pytest.mark.parametrize("fixture", ["dyt_debug_export", "hq_debug_export"])
+def test_onnx_predictor_matches_torch_predictor(request, fixture):
+    from edgesam_core.inference import SamPredictor, load_predictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    model, result = request.getfixturevalue(fixture)
+    torch_pred = SamPredictor(model)
+    onnx_pred = load_predictor(result.files["encoder"])
+    assert isinstance(onnx_pred, OnnxSamPredictor) and onnx_pred.is_hq == model.is_hq
+    image = _image()
+    torch_pred.set_image(image)
+    onnx_pred.set_image(image)
+    assert np.abs(torch_pred.get_image_embedding().numpy() - onnx_pred.get_image_embedding()).max() < 1e-4
+    for prompt in PROMPTS.values():
+        for n in (1, 3, 4):
+            out = _compare(torch_pred, onnx_pred, num_multimask_outputs=n, **prompt)
+            assert out.masks.shape == ((1 if model.is_hq else n), *IMAGE_HW)
+        _compare(torch_pred, onnx_pred, use_stability_score=True, **prompt)
+
+
+def test_predictor_finds_pairs_and_rejects_unsupported_options(dyt_debug_export, tmp_path):
+    from edgesam_core.errors import InputError
+    from edgesam_core.inference import load_predictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor, decoder_path_for
+
+    _, result = dyt_debug_export
+    assert decoder_path_for(result.files["encoder"]) == result.files["decoder"]
+    pred = load_predictor(result.files["decoder"])  # the decoder file also resolves to the pair
+    assert pred.encoder_path == result.files["encoder"]
+    with pytest.raises(InputError, match="set_image"):
+        pred.predict(box=np.array([1, 1, 20, 20]))
+    pred.set_image(_image())
+    with pytest.raises(InputError, match="mask input"):
+        pred.predict(box=np.array([1, 1, 20, 20]), mask_input=np.zeros((1, 32, 32), np.float32))
+    with pytest.raises(ValueError):
+        pred.predict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([7]))
+    lonely = tmp_path / "lonely_encoder.onnx"
+    lonely.write_bytes(result.files["encoder"].read_bytes())
+    with pytest.raises(InputError, match="lonely_decoder.onnx"):
+        OnnxSamPredictor(lonely)
+
+
+def test_upsampled_decoder_gives_the_same_masks(export_factory):
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    model, result = export_factory("edge_sam_dyt_debug", True)
+    torch_pred, onnx_pred = SamPredictor(model), OnnxSamPredictor(result.files["encoder"])
+    image = _image()
+    torch_pred.set_image(image)
+    onnx_pred.set_image(image)
+    for prompt in PROMPTS.values():
+        a = torch_pred.predict(num_multimask_outputs=4, return_logits=True, **prompt)
+        b = onnx_pred.predict(num_multimask_outputs=4, return_logits=True, **prompt)
+        assert np.abs(a.masks - b.masks).max() < 1e-4
+        assert np.abs(a.scores - b.scores).max() < 1e-4

@@ -1,0 +1,94 @@
+"""int8 static quantisation of a debug-size export: files, report fields, predictor loading, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+REPORT_FIELDS = {
+    "fp32_encoder", "fp32_decoder", "int8_encoder", "int8_decoder", "calib_images", "eval_images", "size_bytes",
+    "embedding_cosine_mean", "embedding_cosine_min", "mask_iou_point_mean", "mask_iou_point_min",
+    "mask_iou_box_mean", "mask_iou_box_min", "mask_iou_int8_encoder_only_mean", "latency_ms", "latency_runs", "threads", "notes",
+}
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    from PIL import Image
+
+    from edgesam_core.export.parity import synthetic_image
+
+    folder = tmp_path_factory.mktemp("calib")
+    for i in range(5):
+        Image.fromarray(synthetic_image(90 + 10 * i, 120 - 5 * i, seed=i)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_quantize_pair_report_and_loadable(dyt_debug_export, calib_dir, tmp_path):
+    from edgesam_core.export.quantize import QuantizeOptions, quantize_pair
+    from edgesam_core.inference import load_predictor
+
+    _, result = dyt_debug_export
+    report = quantize_pair(result.files["encoder"], QuantizeOptions(calib_dir=calib_dir, out_dir=tmp_path,
+                                                                    latency_runs=3, warmup_runs=1))
+    data = report.to_dict()
+    assert set(data) == REPORT_FIELDS
+    assert data["calib_images"] == 4 and data["eval_images"] == 1  # a quarter of 5 held out
+    assert set(data["latency_ms"]) == {"encoder_fp32", "encoder_int8", "decoder_fp32", "decoder_int8"}
+    assert all(v > 0 and math.isfinite(v) for v in data["latency_ms"].values())
+    assert 0.9 < data["embedding_cosine_mean"] <= 1.0 + 1e-9
+    for key in ("mask_iou_point_mean", "mask_iou_box_mean", "mask_iou_int8_encoder_only_mean"):
+        assert 0.0 <= data[key] <= 1.0
+    import onnx
+
+    from edgesam_core.export.sidecar import sidecar_path
+
+    for key in ("int8_encoder", "int8_decoder"):
+        meta = json.loads(sidecar_path(data[key]).read_text())
+        assert meta["quantization"]["format"] == "QDQ" and meta["model_type"] == "edge_sam_dyt_debug"
+    assert "MatMuls fp32" in json.loads(sidecar_path(data["int8_decoder"]).read_text())["quantization"]["ops"]
+    int8_model = onnx.load(data["int8_encoder"])
+    ops = {n.op_type for n in int8_model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    pred = load_predictor(data["int8_encoder"])
+    from edgesam_core.export.parity import synthetic_image
+
+    pred.set_image(synthetic_image(100, 130))
+    masks, scores, low_res = pred.predict(box=np.array([10, 10, 90, 80]))
+    assert masks.shape == (3, 100, 130) and scores.shape == (3,) and np.isfinite(low_res).all()
+
+
+def test_quantize_cli_writes_report(dyt_debug_export, calib_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgesam_cli.main import app
+
+    _, result = dyt_debug_export
+    out = tmp_path / "q"
+    res = CliRunner().invoke(app, ["quantize", str(result.files["encoder"]), "--calib", str(calib_dir),
+                                   "--out", str(out), "--runs", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    stem = result.files["encoder"].name[: -len("_encoder.onnx")]
+    report = json.loads((out / f"{stem}_int8_report.json").read_text())
+    assert set(report) == REPORT_FIELDS
+    assert (out / f"{stem}_int8_encoder.onnx").is_file() and (out / f"{stem}_int8_decoder.onnx").is_file()
+    assert json.loads(res.stdout)["int8_decoder"] == report["int8_decoder"]
+
+
+def test_quantize_needs_held_out_images(dyt_debug_export, tmp_path):
+    from PIL import Image
+
+    from edgesam_core.errors import InputError
+    from edgesam_core.export.quantize import QuantizeOptions, quantize_pair
+
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (40, 30)).save(one / "a.png")
+    _, result = dyt_debug_export
+    with pytest.raises(InputError, match="--eval"):
+        quantize_pair(result.files["encoder"], QuantizeOptions(calib_dir=one, out_dir=tmp_path))

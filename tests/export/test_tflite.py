@@ -1,0 +1,140 @@
+"""TFLite conversion end to end on the debug model (needs the ``tflite`` extra: tensorflow + onnx2tf).
+
+One module-scoped conversion (fp32 + int8, ~45 s on 2 cores) feeds every test: parity against ONNX
+Runtime, the int8 fidelity report, the sidecars, the predictor and ``load_predictor``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tflite
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("onnx2tf")
+
+
+def _spread(model, seed: int = 1, scale: float = 0.2):
+    """Perturb prompt encoder/decoder weights so prompts change the masks (fresh decoders barely react)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    import torch
+    from PIL import Image
+
+    from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
+    from edgesam_core.export.parity import synthetic_image
+    from edgesam_core.export.tflite import TfliteOptions, convert_tflite
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    model = _spread(build_sam("edge_sam_dyt_debug")).eval()
+    root = tmp_path_factory.mktemp("tflite")
+    onnx_files = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=root, name="dbg",
+                                                     simplify=False), model=model).files
+    calib = root / "calib"
+    calib.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_image(200 + 30 * i, 260, seed=10 + i)).save(calib / f"img{i}.png")
+    options = TfliteOptions(precisions=("fp32", "int8"), num_points=3, calib_dir=calib)
+    result = convert_tflite(onnx_files["decoder"], root / "out", options=options)
+    return {"result": result, "onnx": onnx_files, "model": model}
+
+
+def test_files_and_sidecars(converted):
+    result = converted["result"]
+    for precision in ("fp32", "int8"):
+        for role in ("encoder", "decoder"):
+            path = result.files[precision][role]
+            assert path.name == f"dbg_{role}_{precision}.tflite" and path.stat().st_size > 1000
+            meta = json.loads(result.sidecars[precision][role].read_text())
+            assert meta["pair"] == {"encoder": f"dbg_encoder_{precision}.tflite",
+                                    "decoder": f"dbg_decoder_{precision}.tflite"}
+            assert meta["img_size"] == 128 and meta["parity"]["entries"]
+    dec = json.loads(result.sidecars["fp32"]["decoder"].read_text())
+    assert dec["num_points"] == 3
+    assert [t["name"] for t in dec["io"]["inputs"]] == ["image_embeddings", "point_coords", "point_labels"]
+    # onnx2tf moved the embedding to NHWC; the runner undoes it from this record.
+    assert dec["io"]["inputs"][0]["layout"] == "nhwc" and dec["io"]["inputs"][0]["tflite_shape"] == [1, 8, 8, 32]
+    enc = json.loads(result.sidecars["fp32"]["encoder"].read_text())
+    assert enc["upsample_mode"] == "bilinear" and any("bicubic" in n for n in enc["notes"])
+    assert not list((result.files["fp32"]["encoder"].parent).glob(".dbg_*"))  # scratch folders removed
+
+
+def test_fp32_matches_onnxruntime(converted):
+    report = converted["result"].parity["fp32"]
+    assert report["gated"] and report["passed"]
+    cases = {(e["graph"], e["case"]) for e in report["entries"]}
+    decoder_cases = {c for g, c in cases if g == "decoder"}
+    assert ("encoder", "synthetic") in cases and {"points", "box", "box+points"} <= decoder_cases
+    for entry in report["entries"]:
+        # float32 kernels in a different runtime: 1e-4 of the output scale.
+        assert entry["max_abs"] <= 1e-4 * max(1.0, entry["ref_abs_max"]), entry
+
+
+def test_int8_reports_fidelity(converted):
+    result = converted["result"]
+    report = result.parity["int8"]
+    assert report["gated"] is False and report["passed"] is None
+    encoder = [e for e in report["entries"] if e["graph"] == "encoder"][0]
+    # Quantized, so not exact, yet clearly the same function (a broken calibration gives errors ~ scale).
+    assert 0 < encoder["max_abs"] <= 0.25 * encoder["ref_abs_max"]
+    assert encoder["mean_abs"] <= 0.05 * encoder["ref_abs_max"]
+    for entry in report["entries"]:
+        assert np.isfinite(entry["max_abs"])
+    assert result.latency_ms["int8"]["encoder"] > 0 and result.latency_ms["fp32"]["decoder"] > 0
+
+
+def test_predictor_agrees_with_onnx_predictor(converted):
+    from edgesam_core.errors import InputError
+    from edgesam_core.export.parity import synthetic_image
+    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+    from edgesam_core.inference.tflite_predictor import TfliteSamPredictor
+
+    image = synthetic_image(150, 210, seed=5)
+    ref = OnnxSamPredictor(converted["onnx"]["encoder"])
+    tfl = load_predictor(converted["result"].files["fp32"]["decoder"])
+    assert isinstance(tfl, TfliteSamPredictor) and tfl.num_points == 3 and tfl.img_size == 128
+    ref.set_image(image)
+    tfl.set_image(image)
+    box = np.array([30, 25, 150, 120])
+    for kwargs in (dict(point_coords=np.array([[80, 60]]), point_labels=np.array([1])), dict(box=box),
+                   dict(point_coords=np.array([[80, 60]]), point_labels=np.array([1]), box=box)):
+        a = ref.predict(**kwargs, return_logits=True)
+        b = tfl.predict(**kwargs, return_logits=True)
+        assert b.masks.shape == a.masks.shape == (3, 150, 210) and b.low_res_logits.shape == (3, 32, 32)
+        scale = max(1.0, float(np.abs(a.low_res_logits).max()))
+        # The TFLite encoder upsamples bilinearly and the decoder sees extra -1 padding tokens, so the
+        # logits are close to, not equal to, the bicubic ONNX pair's.
+        assert np.abs(b.low_res_logits - a.low_res_logits).max() <= 0.05 * scale
+        assert np.abs(b.scores - a.scores).max() <= 0.05 * max(1.0, float(np.abs(a.scores).max()))
+    with pytest.raises(InputError, match="--num-points"):
+        tfl.predict(point_coords=np.array([[1, 2], [3, 4]]), point_labels=np.array([1, 0]), box=box)
+
+
+def test_cli_convert_json(converted, tmp_path):
+    import typer.testing
+
+    from edgesam_cli.main import app
+
+    src = converted["onnx"]["encoder"]
+    runner = typer.testing.CliRunner()
+    res = runner.invoke(app, ["convert-tflite", str(src), "--out", str(tmp_path), "--name", "cli",
+                              "--precision", "fp16", "--num-points", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout[res.stdout.index("{"):])
+    assert set(payload["files"]["fp16"]) == {"encoder", "decoder"}
+    assert payload["parity"]["fp16"]["passed"] is True
+    assert (tmp_path / "cli_decoder_fp16.tflite.json").is_file()

@@ -1,0 +1,128 @@
+"""SamAutomaticMaskGenerator: runs on real tiny models (upstream crashed here) and gives valid, de-duplicated RLEs.
+
+A random tiny model predicts near-constant masks, so the algorithmic checks use a model whose decoder draws
+discs around each prompt point (radius per mask token): the masks are then known in closed form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgesam_core.inference import SamAutomaticMaskGenerator, SamPredictor
+from edgesam_core.inference.amg import box_iou, generate_crop_boxes
+
+RADII = (3.0, 5.0, 8.0, 12.0)  # low-res pixels (32x32 grid of the debug model), one per mask token
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
+
+
+class _PointPrompt(nn.Module):
+    """Passes the first point's coordinates (model-input frame) through as the 'sparse embedding'."""
+
+    def forward(self, points=None, boxes=None, masks=None):
+        coords = points[0][:, :1, :].float()
+        return coords, torch.zeros(coords.shape[0], 1, 1, 1)
+
+    def get_dense_pe(self):
+        return torch.zeros(1, 1, 1, 1)
+
+
+class _DiscDecoder(nn.Module):
+    """Logits = slope * (radius_k - distance to the point) on the 32x32 low-res grid."""
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                num_multimask_outputs=1, interm_embeddings=None):
+        centre = sparse_prompt_embeddings[:, 0, :] / 4.0  # 128 input frame -> 32 low-res frame
+        ys, xs = torch.meshgrid(torch.arange(32.0) + 0.5, torch.arange(32.0) + 0.5, indexing="ij")
+        dist = ((xs[None] - centre[:, 0, None, None]) ** 2 + (ys[None] - centre[:, 1, None, None]) ** 2).sqrt()
+        logits = torch.stack([20.0 * (r - dist) for r in RADII], dim=1)
+        iou = torch.full((logits.shape[0], 4), 0.95)
+        tokens = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}[num_multimask_outputs]
+        return logits[:, tokens], iou[:, tokens]
+
+
+def _disc_model():
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("edge_sam_dyt_debug")
+    model.prompt_encoder = _PointPrompt()
+    model.mask_decoder = _DiscDecoder()
+    return model
+
+
+def _check_records(records, h, w):
+    from pycocotools import mask as mask_utils
+
+    assert records
+    for rec in records:
+        rle = rec["segmentation"]
+        assert rle["size"] == [h, w] and isinstance(rle["counts"], str)
+        mask = mask_utils.decode({**rle, "counts": rle["counts"].encode()})
+        assert int(mask.sum()) == rec["area"] > 0
+        x, y, bw, bh = rec["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (x, y, bw, bh) == (xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min())
+        px, py = rec["point_coords"][0]
+        assert mask[min(int(py), h - 1), min(int(px), w - 1)]  # the prompting point lies inside its disc
+        assert 0.0 <= rec["stability_score"] <= 1.0
+
+
+def test_generator_on_disc_model_gives_valid_deduplicated_rles(photo_factory):
+    image = photo_factory(90, 120)
+    generator = SamAutomaticMaskGenerator(_disc_model(), points_per_side=4, output_mode="coco_rle")
+    records = generator.generate(image)
+    _check_records(records, 90, 120)
+    boxes = torch.tensor([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
+                          for r in records], dtype=torch.float)
+    iou = box_iou(boxes, boxes) - torch.eye(len(boxes))
+    assert iou.max() <= 0.7  # box NMS at 0.7 removed duplicates
+    assert len(records) > 4
+
+
+def test_generator_crops_and_small_region_postprocessing(photo_factory):
+    pytest.importorskip("scipy")
+    image = photo_factory(90, 120)
+    generator = SamAutomaticMaskGenerator(_disc_model(), points_per_side=4, crop_n_layers=1,
+                                          min_mask_region_area=20, output_mode="coco_rle",
+                                          crop_n_points_downscale_factor=2)
+    records = generator.generate(image)
+    _check_records(records, 90, 120)
+    crops = {(b[0], b[1], b[2] - b[0], b[3] - b[1]) for b in generate_crop_boxes((90, 120), 1, 512 / 1500)[0]}
+    used = {tuple(int(v) for v in r["crop_box"]) for r in records}
+    assert used <= crops and len(used) > 1  # masks come from the full image and from crops
+
+
+def test_binary_mask_and_uncompressed_outputs(photo_factory):
+    image = photo_factory(90, 120)
+    binary = SamAutomaticMaskGenerator(_disc_model(), points_per_side=3).generate(image)
+    assert binary and all(r["segmentation"].dtype == bool and r["segmentation"].shape == (90, 120) for r in binary)
+    raw = SamAutomaticMaskGenerator(_disc_model(), points_per_side=3, output_mode="uncompressed_rle").generate(image)
+    assert [sum(r["segmentation"]["counts"][1::2]) for r in raw] == [r["area"] for r in binary]
+
+
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_dyt_hq_debug"])
+def test_generator_runs_on_real_tiny_models(variant, photo_factory):
+    """Upstream EdgeSAM-DyT raised here (3-way unpack of a 5-tuple); HQ models give one mask per point."""
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    predictor = SamPredictor(build_sam(variant))
+    generator = SamAutomaticMaskGenerator(predictor, points_per_side=4, pred_iou_thresh=0.0,
+                                          stability_score_thresh=0.0, output_mode="coco_rle")
+    records = generator.generate(photo_factory(90, 120))
+    for rec in records:
+        assert rec["segmentation"]["size"] == [90, 120] and rec["area"] >= 0
+    assert not predictor.is_image_set  # the generator resets the predictor afterwards
+
+
+def test_generator_argument_validation(debug_model):
+    with pytest.raises(ValueError, match="exactly one"):
+        SamAutomaticMaskGenerator(debug_model, points_per_side=None)
+    with pytest.raises(ValueError, match="output_mode"):
+        SamAutomaticMaskGenerator(debug_model, output_mode="png")
+    with pytest.raises(ValueError, match="num_multimask_outputs"):
+        SamAutomaticMaskGenerator(debug_model, num_multimask_outputs=2)

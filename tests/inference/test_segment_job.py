@@ -1,0 +1,146 @@
+"""The segment job on a tiny model: mask choice, files written atomically, RLE == PNG, folder handling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesam_core.errors import InputError
+from edgesam_core.inference import SamPredictor, segment_job
+from edgesam_core.inference.prompts import build_prompts
+from edgesam_core.progress import NullProgress
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
+
+
+@pytest.fixture()
+def predictor(debug_model):
+    return SamPredictor(debug_model)
+
+
+@pytest.fixture()
+def photo_path(tmp_path, small_image):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    Image.fromarray(small_image).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("points", "boxes", "multimask", "expected"),
+    [(["30,40"], [], None, 1),  # a click: best of 4 by stability
+     (["30,40"], [], True, 3),
+     (["30,40"], [], False, 1),
+     ([], ["5,5,60,50", "20,10,100,80"], None, 2),  # one mask per box
+     (["30,40"], ["5,5,60,50", "20,10,100,80"], True, 6)],
+)
+def test_predict_prompts_mask_counts(predictor, small_image, points, boxes, multimask, expected):
+    predictor.set_image(small_image)
+    results = segment_job.predict_prompts(predictor, build_prompts(points, boxes=boxes), multimask)
+    assert len(results) == expected
+    for r in results:
+        assert r.mask.shape == (90, 120) and r.mask.dtype == bool and 0.0 <= r.score <= 1.0
+
+
+def test_best_of_four_uses_the_highest_stability(predictor, small_image):
+    predictor.set_image(small_image)
+    prompts = build_prompts(["30,40"])
+    [best] = segment_job.predict_prompts(predictor, prompts, None)
+    low_res = predictor.predict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]),
+                                num_multimask_outputs=4).low_res_logits
+    stability = (low_res > 1).sum(axis=(1, 2)) / np.maximum((low_res > -1).sum(axis=(1, 2)), 1)
+    assert best.score == pytest.approx(float(stability.max()), abs=1e-6)
+
+
+def test_outputs_written_and_rle_equals_png(predictor, photo_path, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "out"
+    prompts = build_prompts(["30,40"], boxes=["5,5,60,50"])
+    report = segment_job.segment_images(photo_path, predictor, prompts, out, multimask=True,
+                                        meta={"model": "edge_sam_dyt_debug"})
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["photo.json", "photo_mask0.png", "photo_mask1.png", "photo_mask2.png", "photo_overlay.png"]
+    doc = json.loads((out / "photo.json").read_text())
+    assert doc["model"] == "edge_sam_dyt_debug" and (doc["height"], doc["width"]) == (90, 120)
+    assert len(doc["masks"]) == 3 == len(report.images[0].masks)
+    for record in doc["masks"]:
+        png = np.asarray(Image.open(out / record["file"]))
+        assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
+        decoded = mask_utils.decode({**record["segmentation"], "counts": record["segmentation"]["counts"].encode()})
+        np.testing.assert_array_equal(decoded.astype(bool), png == 255)
+        assert record["area"] == int((png == 255).sum())
+        assert record["prompt"] == {"points": [[30.0, 40.0]], "labels": [1], "box": [5.0, 5.0, 60.0, 50.0]}
+        if record["area"]:
+            ys, xs = np.nonzero(png)
+            assert record["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    overlay = np.asarray(Image.open(out / "photo_overlay.png"))
+    assert overlay.shape == (90, 120, 3)
+    # A rerun with fewer masks removes the stale ones of the first run.
+    segment_job.segment_images(photo_path, predictor, prompts, out, multimask=False)
+    assert sorted(p.name for p in out.glob("photo_mask*.png")) == ["photo_mask0.png"]
+
+
+def test_failure_leaves_nothing_half_written(predictor, photo_path, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def broken_overlay(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segment_job, "render_overlay", broken_overlay)
+    with pytest.raises(InputError, match="Cannot write results"):
+        segment_job.segment_images(photo_path, predictor, build_prompts(["30,40"]), out)
+    assert list(out.iterdir()) == []  # neither masks nor temporaries
+
+
+def test_folder_input_skips_bad_files_and_disambiguates_stems(predictor, small_image, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(small_image).save(folder / "a.png")
+    Image.fromarray(small_image).save(folder / "a.jpg")
+    Image.fromarray(small_image[:40, :50]).save(folder / "b.png")  # too small for the point below
+    (folder / "c.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    logs = []
+
+    class Recorder(NullProgress):
+        def log(self, message: str) -> None:
+            logs.append(message)
+
+    report = segment_job.segment_images(folder, predictor, build_prompts(["60,45"]), tmp_path / "out",
+                                        progress=Recorder())
+    assert [r.image.name for r in report.images] == ["a.jpg", "a.png", "b.png", "c.jpg"]
+    assert [r.image.name for r in report.failed] == ["b.png", "c.jpg"]
+    assert "outside" in report.failed[0].error and "Not an image" in report.failed[1].error
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "a_jpg.json" in written and "a_png.json" in written and not any(n.startswith("b") for n in written)
+    assert len(logs) == 2
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="Cannot write to output folder"):
+        segment_job.prepare_out_dir(blocker / "sub")
+
+
+def test_everything_mode_writes_masks(predictor, photo_path, tmp_path, monkeypatch):
+    fake = [{"segmentation": np.eye(90, 120, dtype=bool), "area": 90, "stability_score": 0.97,
+             "predicted_iou": 0.9, "point_coords": [[3.0, 4.0]]}]
+
+    class FakeGenerator:
+        def __init__(self, predictor, **kwargs):
+            assert kwargs["output_mode"] == "binary_mask"
+
+        def generate(self, image):
+            return fake
+
+    from edgesam_core.inference import automatic_mask_generator
+
+    monkeypatch.setattr(automatic_mask_generator, "SamAutomaticMaskGenerator", FakeGenerator)
+    report = segment_job.segment_images(photo_path, predictor, build_prompts(everything=True), tmp_path / "o")
+    [record] = report.images[0].masks
+    assert record["area"] == 90 and record["prompt"] == {"point": [3.0, 4.0]} and record["score"] == 0.97
