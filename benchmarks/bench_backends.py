@@ -1,9 +1,13 @@
-"""Encoder/decoder latency and memory of PyTorch, ONNX Runtime fp32 and ONNX Runtime int8 on this CPU.
+"""Encoder/decoder latency and memory of PyTorch, ONNX Runtime fp32/int8 and TFLite fp32/int8 on this CPU.
 
 Usage::
 
     python benchmarks/bench_backends.py --model edge_sam_dyt --out bench_backends.json
     python benchmarks/bench_backends.py --quant-compare edge_sam_dyt,edge_sam --out quant_dyt_vs_ln.json
+
+TFLite rows need the ``tflite`` extra (tensorflow, onnx2tf); without it they are reported as not measured,
+with the reason, and ``--require-tflite`` turns that into a failure. The int8 TFLite encoder is calibrated
+on the same images as the ONNX Runtime int8 one (the decoder stays float: see ``edgesam convert-tflite``).
 
 Each backend runs in its own subprocess so its peak RSS is its own. Latency is the median of ``--runs``
 calls after ``--warmup`` calls with ``--threads`` intra-op threads (torch and onnxruntime alike). Without
@@ -98,8 +102,13 @@ def _worker(args: argparse.Namespace) -> dict:
     else:
         from edgesam_core.inference.onnx_predictor import create_session, preprocess
 
-        encoder = create_session(args.encoder, args.threads, ["CPUExecutionProvider"])
-        decoder = create_session(args.decoder, args.threads, ["CPUExecutionProvider"])
+        if args.worker == "tflite":
+            from edgesam_core.inference.tflite_predictor import TfliteRunner
+
+            encoder, decoder = TfliteRunner(args.encoder, args.threads), TfliteRunner(args.decoder, args.threads)
+        else:
+            encoder = create_session(args.encoder, args.threads, ["CPUExecutionProvider"])
+            decoder = create_session(args.decoder, args.threads, ["CPUExecutionProvider"])
         x, _ = preprocess(image, int(encoder.get_inputs()[0].shape[-1]))
         outs = encoder.run(None, {"image": x})
         feed = decoder_feed(prompt, outs[0], outs[1:] or None)
@@ -150,13 +159,45 @@ def _export_and_quantize(args: argparse.Namespace, variant: str, work: Path) -> 
     return result.files, report
 
 
+def _tflite_rows(args: argparse.Namespace, work: Path) -> dict:
+    """Convert the model to TFLite fp32 + int8 and time both, or say why they were not measured.
+
+    onnx2tf needs the unsimplified graph (onnxsim fuses attention into an op it cannot read) with the
+    bilinear neck (TFLite has no bicubic resize), so the model is exported again for it.
+    """
+    from edgesam_core.errors import MissingDependencyError
+    from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
+    from edgesam_core.export.tflite import TfliteOptions, convert_tflite, require_tflite_stack
+
+    try:
+        require_tflite_stack()
+    except MissingDependencyError as exc:
+        if args.require_tflite:
+            raise
+        return {"tflite_fp32": {"not_measured": str(exc)}, "tflite_int8": {"not_measured": str(exc)}}
+    calib, _ = _image_dirs(args, work)
+    model = _build(args.model, args.checkpoint, args.seed, args.spread)
+    exported = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work / "tflite", name=args.model,
+                                                   simplify=False, upsample_mode="bilinear"), model=model)
+    result = convert_tflite(exported.files["encoder"], work / "tflite", options=TfliteOptions(
+        precisions=("fp32", "int8"), calib_dir=calib, calib_count=args.images, latency_runs=1))
+    rows = {}
+    for precision in ("fp32", "int8"):
+        files = result.files[precision]
+        row = _run_worker("tflite", args, files["encoder"], files["decoder"])
+        parity = result.parity.get(precision) or {}
+        row["parity_vs_onnxruntime"] = {k: parity.get(k) for k in ("max_abs", "tolerance", "passed")}
+        rows[f"tflite_{precision}"] = row
+    return rows
+
+
 def _environment(args: argparse.Namespace) -> dict:
     import importlib.metadata as md
 
     import psutil
 
     versions = {}
-    for dist in ("torch", "onnx", "onnxruntime"):
+    for dist in ("torch", "onnx", "onnxruntime", "tensorflow", "onnx2tf", "ai-edge-litert"):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -181,6 +222,9 @@ def main() -> None:
     parser.add_argument("--eval", default=None)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--quant-compare", default=None, help="comma-separated variants, e.g. edge_sam_dyt,edge_sam")
+    parser.add_argument("--skip-tflite", action="store_true", help="leave out the TFLite fp32/int8 rows")
+    parser.add_argument("--require-tflite", action="store_true",
+                        help="fail instead of reporting TFLite as not measured when the tflite extra is missing")
     parser.add_argument("--out", default=None, help="JSON output file (default: stdout only)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--encoder", default=None, help=argparse.SUPPRESS)
@@ -211,7 +255,8 @@ def main() -> None:
             }
             result["int8_fidelity"] = {k: v for k, v in report.to_dict().items()
                                        if k.startswith(("embedding_", "mask_iou_")) or k == "size_bytes"}
-            result["tflite"] = "not measured here (needs the tflite extra and a converted model)"
+            if not args.skip_tflite:
+                result["backends"].update(_tflite_rows(args, work))
         text = json.dumps(result, indent=2)
         if args.out:
             Path(args.out).write_text(text + "\n")

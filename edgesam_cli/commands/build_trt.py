@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from edgesam_cli.options import CheckpointVariantOpt, ExportNameOpt, ExportOutDirOpt, ExportSourceArg, JsonResultOpt
 
 EXAMPLES = """
 [b]Examples[/b]
@@ -22,19 +23,15 @@ EXAMPLES = """
 TensorRT 10 uses the FP16 builder flag; TensorRT 11 (strongly typed only) gets an fp16 copy of the ONNX
 graph (float32 inputs/outputs kept). Engines run only on the GPU model and TensorRT version that built them.
 Exit codes: 0 ok; 1 parse/build failure (every parser error is listed); 2 bad options or input;
-3 tensorrt or a CUDA GPU missing (pip install 'edgesam[trt]'); 4 engines written but outside --tolerance.
+3 tensorrt or a CUDA GPU missing (pip install 'edgesam\\[trt]'); 4 engines written but outside --tolerance.
 """
 
 
 def command(
-    source: Annotated[Path, typer.Argument(
-        exists=True, dir_okay=False,
-        help="<name>_encoder.onnx or <name>_decoder.onnx (the other must sit beside it), or a checkpoint.")],
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="Variant of a checkpoint (default edge_sam_dyt).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", file_okay=False, help="Output folder (default: beside the ONNX files).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="File stem (default: the ONNX pair's name).")] = None,
+    source: ExportSourceArg,
+    model: CheckpointVariantOpt = None,
+    out: ExportOutDirOpt = None,
+    name: ExportNameOpt = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16.")] = "fp32",
     min_points: Annotated[int, typer.Option("--min-points", min=1, help="Decoder profile: fewest points.")] = 1,
     opt_points: Annotated[int, typer.Option("--opt-points", min=1, help="Decoder profile: tuned-for points.")] = 5,
@@ -46,7 +43,7 @@ def command(
                                      "Default fp32 5e-3, fp16 5e-2.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare the engines with ONNX Runtime.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", help="TensorRT verbose log.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: JsonResultOpt = False,
 ) -> None:
     """Build TensorRT engines (fp32 / fp16) for EdgeSAM-DyT and verify them against ONNX Runtime."""
     import json

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from edgesam_cli.options import CheckpointVariantOpt, ExportNameOpt, ExportOutDirOpt, ExportSourceArg, JsonResultOpt
+
 EXAMPLES = """
 [b]Examples[/b]
 
@@ -22,7 +24,7 @@ EXAMPLES = """
 The decoder is converted with a fixed prompt layout of --num-points points: a box counts as two points
 (labels 2/3) and shorter prompts are padded with label -1 (SAM's padding label).
 Exit codes: 0 ok; 1 conversion failed; 2 bad options or input; 3 tensorflow/onnx2tf missing
-(pip install 'edgesam[tflite]'); 4 files written but fp32/fp16 differ from ONNX Runtime beyond --tolerance.
+(pip install 'edgesam\\[tflite]'); 4 files written but fp32/fp16 differ from ONNX Runtime beyond --tolerance.
 """
 
 
@@ -47,14 +49,10 @@ def _table(result: Any) -> Any:
 
 
 def command(
-    source: Annotated[Path, typer.Argument(
-        exists=True, dir_okay=False,
-        help="<name>_encoder.onnx or <name>_decoder.onnx (the other must sit beside it), or a checkpoint.")],
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="Variant of a checkpoint (default edge_sam_dyt).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", file_okay=False, help="Output folder (default: beside the ONNX files).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="File stem (default: the ONNX pair's name).")] = None,
+    source: ExportSourceArg,
+    model: CheckpointVariantOpt = None,
+    out: ExportOutDirOpt = None,
+    name: ExportNameOpt = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         "--precision", help="fp32, fp16 and/or int8 (repeat the option); default fp32 and fp16.")] = None,
     num_points: Annotated[int, typer.Option(
@@ -70,7 +68,7 @@ def command(
         "--tolerance", min=0.0, help="Parity bound: max|diff| <= tol * max(1, max|ref|). Default fp32 5e-3, "
                                      "fp16 5e-2; int8 is only reported unless this is given.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Run the LiteRT vs ONNX Runtime check.")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: JsonResultOpt = False,
 ) -> None:
     """Convert EdgeSAM-DyT to TFLite (fp32 / fp16 / int8) with onnx2tf and verify it in LiteRT."""
     import json

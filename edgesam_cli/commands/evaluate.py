@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from edgesam_cli.options import DeviceOpt
+
 EXAMPLES = """
 [b]Examples[/b]
 
@@ -77,7 +79,7 @@ def command(
         help="Score agreement with this model's masks (e.g. the teacher) instead of the ground truth.")] = None,
     reference_model: Annotated[str | None, typer.Option(
         "--reference-model", help="Variant of the --reference checkpoint (e.g. vit_h).")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    device: DeviceOpt = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed for point-random and the object subset.")] = 0,
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output folder (created).")] = Path("eval_out"),
     save_masks: Annotated[bool, typer.Option(

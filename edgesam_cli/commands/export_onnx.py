@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from edgesam_cli.options import JsonResultOpt
+
 EXAMPLES = """
 [b]Examples[/b]
 
@@ -70,7 +72,7 @@ def command(
     fuse: Annotated[bool, typer.Option(
         "--fuse/--no-fuse", help="Fold BatchNorms and RepVGG branches into single convs before export "
                                  "(same outputs, smaller and faster graphs, better int8).")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: JsonResultOpt = False,
 ) -> None:
     """Export EdgeSAM-DyT to ONNX (upstream's I/O contract, PyTorch's prompt semantics) and verify it."""
     import json

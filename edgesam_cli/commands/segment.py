@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgesam_cli.options import DeviceOpt
+
 EXAMPLES = """
 [b]Examples[/b]
 
@@ -52,7 +54,7 @@ def command(
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", dir_okay=False,
         help="Weights (.pth/.pt) or an exported model; default: the published weights of --model.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    device: DeviceOpt = "cpu",
     multimask: Annotated[bool | None, typer.Option(
         "--multimask/--single-mask", help="Keep 3 candidate masks per prompt, or exactly one.")] = None,
     hq: Annotated[bool, typer.Option(

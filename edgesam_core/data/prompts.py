@@ -7,9 +7,13 @@ Fixes two upstream defects: prompts are subsampled *without* replacement (upstre
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
+
+from edgesam_core.deps import require
+from edgesam_core.errors import DatasetError
 
 
 def prompt_rng(seed: int, index: int, epoch: int = 0) -> np.random.Generator:
@@ -62,16 +66,16 @@ def mask_center_point(mask: np.ndarray) -> np.ndarray:
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Decode a COCO-style segmentation into an ``HxW`` uint8 mask.
+    """Decode a COCO-style segmentation into an ``HxW`` uint8 mask of 0/1.
 
-    Accepts polygon lists, uncompressed RLE (``counts`` as a list) and compressed RLE (``counts`` as a
-    string or bytes), as SA-1B and COCO use them.
+    The one decoder for training data (SA-1B/COCO datasets) and evaluation ground truth. Accepts polygon
+    lists (an empty list is an empty mask), uncompressed RLE (``counts`` as a list of run lengths) and
+    compressed RLE (``counts`` as a string or bytes), as SA-1B and COCO store them.
 
     Raises:
-        ValueError: the segmentation has none of these forms or a size other than ``height x width``.
+        DatasetError: the segmentation has none of these forms, or its RLE ``size`` is not
+            ``height x width`` (the annotation belongs to another image).
     """
-    from edgesam_core.deps import require
-
     mask_utils = require("pycocotools.mask", purpose="decoding SA-1B/COCO masks")
     if isinstance(segmentation, list):
         if not segmentation:
@@ -80,13 +84,18 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         size = [int(v) for v in segmentation["size"]]
         if size != [height, width]:
-            raise ValueError(f"mask size {size[0]}x{size[1]} differs from the image size {height}x{width}")
+            raise DatasetError(f"A mask of size {size[0]}x{size[1]} (HxW) differs from its image's size "
+                               f"{height}x{width}; the annotation does not belong to this image")
         counts = segmentation["counts"]
         if isinstance(counts, list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     else:
-        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-    mask = mask_utils.decode(rle)
+        raise DatasetError(f"Unrecognised segmentation format ({type(segmentation).__name__}): expected "
+                           "polygons or an RLE dict with 'size' and 'counts'")
+    with warnings.catch_warnings():
+        # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every call; it is harmless.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mask = mask_utils.decode(rle)
     return np.ascontiguousarray(mask.reshape(height, width), dtype=np.uint8)

@@ -10,7 +10,6 @@ on an unsorted ``glob``).
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..deps import require
+from ..data.prompts import decode_segmentation
 from ..errors import DatasetError
 
 DATASETS: tuple[str, ...] = ("sa1b", "coco")
@@ -42,7 +41,7 @@ class EvalObject:
 
     def mask(self) -> np.ndarray:
         """Decode the segmentation (polygons, RLE or compressed RLE) to an ``H x W`` bool mask."""
-        return decode_segmentation(self.segmentation, self.height, self.width)
+        return decode_segmentation(self.segmentation, self.height, self.width).astype(bool)
 
 
 @dataclass(frozen=True)
@@ -71,32 +70,6 @@ class EvalSample:
                 f"{self.width}x{self.height}; the image and annotation files do not belong together"
             )
         return array
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Decode a COCO-style segmentation to an ``H x W`` bool mask.
-
-    Raises:
-        DatasetError: for an unrecognised segmentation format.
-    """
-    mask_utils = require("pycocotools.mask", extra=None, purpose="decoding COCO/SA-1B masks")
-    if isinstance(segmentation, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)) if segmentation else None
-        if rle is None:
-            return np.zeros((height, width), dtype=bool)
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        rle = segmentation
-        if isinstance(rle["counts"], list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(rle, height, width)
-    else:
-        raise DatasetError(f"Unrecognised segmentation format ({type(segmentation).__name__})")
-    with warnings.catch_warnings():
-        # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every call; it is harmless.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mask = mask_utils.decode(rle)
-    if mask.shape[:2] != (height, width):
-        raise DatasetError(f"A mask of size {mask.shape[1]}x{mask.shape[0]} does not fit its {width}x{height} image")
-    return mask.astype(bool)
 
 
 def _xywh_to_xyxy(bbox: Sequence[float]) -> np.ndarray:

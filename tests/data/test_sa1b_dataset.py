@@ -168,7 +168,7 @@ def test_segmentation_formats_decode_to_the_same_mask(fakes):
     polygon = [[xs.min(), ys.min(), xs.max() + 1, ys.min(), xs.max() + 1, ys.max() + 1, xs.min(), ys.max() + 1]]
     box_mask = decode_segmentation([list(map(float, polygon[0]))], 30, 40)
     assert box_mask.sum() > 0 and box_mask[int(ys.mean()), int(xs.mean())] == 1
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(DatasetError, match="differs"):
         decode_segmentation(rle, 31, 40)
 
 

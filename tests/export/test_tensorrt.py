@@ -17,49 +17,74 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesam_core import deps
 from edgesam_core.errors import ConfigError, EdgeSamError, MissingDependencyError
 from edgesam_core.export import tensorrt as T
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _gpu_and_trt_present() -> bool:
-    if not deps.available("tensorrt"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+def _shadow_tensorrt(folder: Path, *, importable: bool) -> Path:
+    """A ``tensorrt`` package on ``PYTHONPATH`` that hides any real one: unimportable, or importable (a stub)."""
+    package = folder / "tensorrt"
+    package.mkdir(parents=True)
+    body = '__version__ = "10.0.0"\n' if importable else 'raise ImportError("tensorrt hidden by the test")\n'
+    (package / "__init__.py").write_text(body)
+    return folder
 
 
 # -- missing dependency --------------------------------------------------------------------------------
+# Both one-line messages are produced on every machine: tensorrt is hidden or stubbed, and the GPU check is
+# made to fail (CUDA_VISIBLE_DEVICES="" in a subprocess, a patched torch.cuda.is_available in-process).
 
 
-def test_build_trt_cli_exits_3_with_one_line_naming_what_is_missing(tmp_path):
-    if _gpu_and_trt_present():
-        pytest.skip("tensorrt and a GPU are both present: the missing-dependency path cannot occur here")
+@pytest.mark.parametrize("missing,expected", [("tensorrt", "tensorrt"), ("gpu", "CUDA GPU")])
+def test_build_trt_cli_exits_3_with_one_line_naming_what_is_missing(tmp_path, missing, expected):
     onnx_file = tmp_path / "m_encoder.onnx"
     onnx_file.write_bytes(b"not checked before the dependency check")
     (tmp_path / "m_decoder.onnx").write_bytes(b"")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    shadow = _shadow_tensorrt(tmp_path / "site", importable=missing == "gpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))}
     env.pop("EDGESAM_DEBUG", None)
     proc = subprocess.run([sys.executable, "-m", "edgesam_cli", "build-trt", str(onnx_file)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
-    missing = "tensorrt" if not deps.available("tensorrt") else "CUDA"
-    assert lines[0].startswith("Error:") and missing in lines[0]
+    assert lines[0].startswith("Error:") and expected in lines[0], lines[0]
     assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*.engine"))
 
 
-def test_require_tensorrt_gpu_raises_missing_dependency():
-    if _gpu_and_trt_present():
-        pytest.skip("tensorrt and a GPU are both present")
+def test_require_tensorrt_gpu_names_tensorrt_when_it_is_not_importable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(MissingDependencyError) as info:
         T.require_tensorrt_gpu()
+    message = str(info.value)
     assert info.value.exit_code == 3 and info.value.extra == "trt"
-    assert "\n" not in str(info.value)
+    assert "'tensorrt' is not installed" in message and "pip install 'edgesam[trt]'" in message
+    assert "\n" not in message
+
+
+def test_require_tensorrt_gpu_names_the_gpu_when_cuda_is_unavailable(monkeypatch):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MissingDependencyError) as info:
+        T.require_tensorrt_gpu()
+    message = str(info.value)
+    assert info.value.exit_code == 3 and info.value.extra == "trt"
+    assert "No CUDA GPU" in message and "TensorRT 10.13.0" in message and "tensorrt' is not installed" not in message
+    assert "\n" not in message
+
+
+def test_require_tensorrt_gpu_returns_the_module_when_both_are_present(monkeypatch):
+    import torch
+
+    fake = types.SimpleNamespace(__version__="10.13.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert T.require_tensorrt_gpu() is fake
 
 
 # -- profile shapes ------------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Typer parameters that several commands declare with the same name, help text and type.
+
+Each alias carries the parameter's type and its ``typer.Option``/``typer.Argument``; the default stays in the
+command's signature (``model: CheckpointVariantOpt = None``), so ``--help`` reads exactly as before. Only
+stdlib and typer are imported here: ``edgesam --help`` must never import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# -- build-trt / convert-tflite: an ONNX pair or a checkpoint in, engines or .tflite files out ---------------
+
+ExportSourceArg = Annotated[Path, typer.Argument(
+    exists=True, dir_okay=False,
+    help="<name>_encoder.onnx or <name>_decoder.onnx (the other must sit beside it), or a checkpoint.")]
+"""The ONNX pair (either file) or a checkpoint that is exported to ONNX first."""
+
+CheckpointVariantOpt = Annotated[str | None, typer.Option(
+    "--model", help="Variant of a checkpoint (default edge_sam_dyt).")]
+"""Model variant, used only when the source is a checkpoint."""
+
+ExportOutDirOpt = Annotated[Path | None, typer.Option(
+    "--out", file_okay=False, help="Output folder (default: beside the ONNX files).")]
+"""Output folder of a conversion from ONNX."""
+
+ExportNameOpt = Annotated[str | None, typer.Option("--name", help="File stem (default: the ONNX pair's name).")]
+"""File stem of the converted files."""
+
+# -- shared by several commands ------------------------------------------------------------------------------
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
+"""Torch device of a command that runs a model."""
+
+JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+"""Machine-readable output of a command that writes files (export-onnx, build-trt, convert-tflite)."""
