@@ -7,7 +7,8 @@ Usage::
 
 TFLite rows need the ``tflite`` extra (tensorflow, onnx2tf); without it they are reported as not measured,
 with the reason, and ``--require-tflite`` turns that into a failure. The int8 TFLite encoder is calibrated
-on the same images as the ONNX Runtime int8 one (the decoder stays float: see ``edgesam convert-tflite``).
+on the same images as the ONNX Runtime int8 one; the int8 TFLite decoder is dynamic-range (int8 weights,
+float activations), as ``edgesam convert-tflite`` writes it.
 
 Each backend runs in its own subprocess so its peak RSS is its own. Latency is the median of ``--runs``
 calls after ``--warmup`` calls with ``--threads`` intra-op threads (torch and onnxruntime alike). Without
