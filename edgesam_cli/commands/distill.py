@@ -19,11 +19,11 @@ EXAMPLES = """
   edgesam distill --step 1 --data-root data/sa1b --teacher-checkpoint weights/sam_vit_h_4b8939.pth
       --init weights/repvit_m0_9_distill_450e.pth
 
-  edgesam distill --step 3 --data-root data/sa1b --teacher-checkpoint weights/sam_vit_h_4b8939.pth
-      --set train.batch_size=8 --auto-resume
-
   torchrun --nproc_per_node 4 -m edgesam_cli distill --step joint --data-root data/sa1b
       --teacher-checkpoint weights/sam_vit_h_4b8939.pth
+
+  edgesam distill --step hq --data-root datasets/hqseg44k --teacher-checkpoint weights/sam_hq_vit_h.pth
+      --set train.batch_size=8 --auto-resume
 """
 
 
@@ -39,7 +39,8 @@ class StepChoice(str, Enum):
 def command(
     step: Annotated[StepChoice, typer.Option(
         "--step", help="Curriculum step: 0 (teacher cache), 1, 2, 3, joint, hq.")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="SA-1B style dataset folder.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        "--data-root", help="SA-1B style dataset folder; for --step hq the HQSeg-44K folder.")] = None,
     teacher_checkpoint: Annotated[Optional[Path], typer.Option(
         "--teacher-checkpoint", help="SAM ViT-H (or HQ-SAM for --step hq) weights.",
         exists=True, dir_okay=False)] = None,

@@ -228,4 +228,12 @@ def _validate(cfg: DistillConfig) -> list[str]:
         errors.append(f"prompts.types must be a non-empty subset of box, point, got {p.types}")
     if cfg.optim.lr_scale_divisor <= 0:
         errors.append("optim.lr_scale_divisor must be > 0")
+    if cfg.data.dataset == "hqseg44k":
+        if cfg.step != "hq":
+            errors.append(f"data.dataset=hqseg44k is for --step hq only (step {cfg.step} trains on sa1b)")
+        if p.decode_iters != 1:
+            errors.append("prompts.decode_iters must be 1 with data.dataset=hqseg44k (no refinement clicks)")
+        lc = cfg.loss
+        if lc.gt_points < 1 or lc.gt_oversample < 1 or not 0 <= lc.gt_importance <= 1:
+            errors.append("loss.gt_points must be >= 1, loss.gt_oversample >= 1 and loss.gt_importance in [0, 1]")
     return errors

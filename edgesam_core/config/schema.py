@@ -31,8 +31,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    dataset: Literal["sa1b", "hqseg44k"] = "sa1b"
+    """Training data: ``sa1b`` (SA-1B prompts, teacher-only losses) or ``hqseg44k`` (HQ step: HQSeg-44K images
+    with ground-truth masks, GT loss + distillation, as upstream's ``train_hq.py``)."""
     root: Optional[str] = None
-    """SA-1B style folder (``edgesam download-data``)."""
+    """Dataset folder: SA-1B style (``edgesam download-data``), or for ``hqseg44k`` the folder holding
+    ``DIS5K/``, ``cascade_psp/`` and ``thin_object_detection/``."""
+    subsets: list[str] = field(default_factory=list)
+    """``hqseg44k`` only: train on these of the 7 training sets (names as ``DIS5K-TR``, ``DUTS-TR``...); empty
+    means all seven."""
     split: str = "train"
     """Dataset split name passed to ``SA1BDataset``."""
     max_prompts: int = 16
@@ -109,6 +116,16 @@ class LossConfig:
     """Weight of the mask Dice loss."""
     temperature: float = 1.0
     """Logit temperature T (HQ: 4, losses multiplied by T^2 as upstream)."""
+    gt_bce: float = 1.0
+    """``hqseg44k``: weight of the ground-truth BCE (HQ-SAM's point-sampled ``loss_masks``)."""
+    gt_dice: float = 1.0
+    """``hqseg44k``: weight of the ground-truth Dice loss (same sampled points)."""
+    gt_points: int = 12544
+    """``hqseg44k``: points sampled per mask for the GT loss (112 x 112, as HQ-SAM)."""
+    gt_oversample: float = 3.0
+    """``hqseg44k``: candidate points drawn per sampled point before picking the most uncertain ones."""
+    gt_importance: float = 0.75
+    """``hqseg44k``: share of the points taken where the student is least certain (|logit| smallest)."""
 
 
 @dataclass

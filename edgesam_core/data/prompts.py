@@ -8,6 +8,7 @@ Fixes two upstream defects: prompts are subsampled *without* replacement (upstre
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -99,3 +100,84 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         warnings.simplefilter("ignore", DeprecationWarning)
         mask = mask_utils.decode(rle)
     return np.ascontiguousarray(mask.reshape(height, width), dtype=np.uint8)
+
+
+# --- HQ step (spec §3.8): prompts drawn from a ground-truth mask -----------------------------------------
+
+HQ_FOREGROUND = 128
+"""HQSeg-44K masks are 0-255 grey levels: ``> 128`` is foreground, ``< 128`` background (128 is neither)."""
+
+
+@dataclass
+class HQPrompt:
+    """The prompt of one HQ training image, in the model input frame.
+
+    ``box`` is the tight xyxy box of the foreground (inclusive pixel indices, as upstream); ``points`` ``Kx2``
+    (x, y) pixel indices with ``labels`` ``K`` (1 positive, 0 negative); ``use_box`` says whether the box
+    is part of the prompt (``K == 0`` implies it is).
+    """
+
+    box: np.ndarray
+    points: np.ndarray
+    labels: np.ndarray
+    use_box: bool
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray | None:
+    """Tight ``(x_min, y_min, x_max, y_max)`` float box of a boolean mask, or None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def sample_mask_pixels(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` distinct pixels of a boolean mask, uniformly at random, as ``Nx2`` (x, y) floats."""
+    flat = np.flatnonzero(mask)
+    if len(flat) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    pick = flat[rng.choice(len(flat), size=min(k, len(flat)), replace=False)]
+    rows, cols = np.divmod(pick, mask.shape[1])
+    return np.stack([cols, rows], axis=1).astype(np.float64)
+
+
+def sample_hq_prompt(gt: np.ndarray, valid_hw: tuple[int, int], rng: np.random.Generator,
+                     candidates: int = 5) -> HQPrompt | None:
+    """Draw the prompt of one image from its ground-truth mask, with upstream's rules (spec §3.8).
+
+    ``candidates`` positive and negative pixels are drawn; ``n_pos ~ U{1..max(1, P-1)}`` of the P positives
+    are kept, and with probability 0.5 (when there are negatives) ``n_neg ~ U{0..N-1}``; the box is used with
+    probability 0.5 and, when it is, the points are dropped with probability 0.25.
+
+    Differences from upstream, on purpose: a crop with exactly one foreground pixel keeps that point
+    (upstream's ``randint(1, 1)`` raised, §9.2); negatives come only from the real image area
+    ``[0, h) x [0, w)``, never from the black padding; an empty mask yields None (no prompt, so the image
+    is left out of the loss) instead of a box of 1e8 sentinels.
+
+    Args:
+        gt: ``HxW`` uint8 mask (0-255) in the model input frame.
+        valid_hw: ``(h, w)`` of the unpadded image area.
+        rng: source of randomness.
+        candidates: positive / negative pixels drawn before choosing how many to keep (5 upstream).
+    """
+    foreground = gt > HQ_FOREGROUND
+    box = mask_box(foreground)
+    if box is None:
+        return None
+    background = gt < HQ_FOREGROUND
+    h, w = valid_hw
+    background[h:, :] = False
+    background[:, w:] = False
+    pos = sample_mask_pixels(foreground, candidates, rng)
+    neg = sample_mask_pixels(background, candidates, rng)
+    n_pos = int(rng.integers(1, max(len(pos) - 1, 1) + 1))
+    n_neg = int(rng.integers(0, len(neg))) if len(neg) > 0 and rng.random() > 0.5 else 0
+    points = np.concatenate([pos[:n_pos], neg[:n_neg]])
+    labels = np.concatenate([np.ones(n_pos), np.zeros(n_neg)])
+    use_box = bool(rng.random() > 0.5)
+    if use_box and rng.random() < 0.25:
+        points, labels = points[:0], labels[:0]
+    if len(points) == 0:  # upstream's "neither box nor points left: use the box"
+        use_box = True
+    return HQPrompt(box=box, points=points, labels=labels, use_box=use_box)

@@ -27,7 +27,7 @@ from edgesam_core.training.distributed import DistInfo, barrier, cleanup_distrib
 from edgesam_core.training.engine import Engine
 from edgesam_core.training.optim import CosineSchedule, build_optimizer, scaled_lr
 from edgesam_core.training.state import latest_checkpoint, save_final
-from edgesam_core.training.steps import LossModule, decoder_losses, encoder_losses
+from edgesam_core.training.steps import LossModule, decoder_losses, encoder_losses, hq_gt_losses
 from edgesam_core.training.teacher import Teacher
 
 PREVIOUS_STEP = {"2": "1", "3": "2", "joint": "3", "hq": "joint"}
@@ -73,7 +73,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_dataset(cfg: DistillConfig, img_size: int) -> Any:
-    """The SA-1B training dataset of the run."""
+    """The training dataset of the run: SA-1B, or HQSeg-44K for the HQ step (``data.dataset``)."""
+    if cfg.data.dataset == "hqseg44k":
+        from edgesam_core.data.hqseg import HQSEG_HINT, HQSegDataset
+
+        if cfg.data.root is None:
+            raise ConfigError(f"No dataset: --step hq trains on HQSeg-44K by default; {HQSEG_HINT} "
+                              "(or --set data.dataset=sa1b with an SA-1B folder).")
+        return HQSegDataset(cfg.data.root, img_size=img_size, subsets=cfg.data.subsets, seed=cfg.train.seed)
     from edgesam_core.data.sa1b import SA1BDataset
 
     if cfg.data.root is None:
@@ -88,12 +95,21 @@ def to_batch(collated: Any, device: torch.device) -> Any:
 
     images, targets = collated
     sizes = torch.as_tensor([list(t["img_size_before_pad"])[-2:] for t in targets], dtype=torch.long)
+    extras: dict[str, Any] = {}
+    if targets and "gt_mask" in targets[0] and "point_label" in targets[0]:  # HQSeg: K points per prompt + GT
+        points = [torch.as_tensor(t["prompt_point"], dtype=torch.float32) for t in targets]
+        extras = {"point_labels": [torch.as_tensor(t["point_label"], dtype=torch.float32) for t in targets],
+                  "box_used": [torch.as_tensor(t["box_used"], dtype=torch.bool) for t in targets],
+                  "gt_masks": [torch.as_tensor(t["gt_mask"]).to(device, non_blocking=True) for t in targets]}
+    else:
+        points = [torch.as_tensor(t["prompt_point"], dtype=torch.float32).reshape(-1, 1, 2) for t in targets]
     return Batch(
         images=images.to(device, non_blocking=True),
         sizes=sizes.to(device),
         boxes=[torch.as_tensor(t["prompt_box"], dtype=torch.float32).reshape(-1, 4) for t in targets],
-        points=[torch.as_tensor(t["prompt_point"], dtype=torch.float32).reshape(-1, 1, 2) for t in targets],
+        points=points,
         keys=[str(t["image_id"]) for t in targets],
+        extras=extras,
     )
 
 
@@ -184,6 +200,8 @@ class DistillRecipe:
         schedule = CosineSchedule(scale(o.base_lr), scale(o.min_lr), scale(o.warmup_lr),
                                   int(round(t.warmup_epochs * self.steps_per_epoch)), total)
         fn = encoder_losses if cfg.step == "1" else decoder_losses
+        if cfg.data.dataset == "hqseg44k":
+            fn = hq_gt_losses
         module = LossModule(self.student, functools.partial(fn, teacher=self.teacher, cfg=cfg))
         self.engine = Engine(module, self.optimizer, schedule, cfg, info, self.run_dir, self.progress)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgesam_core.config.schema import DistillConfig
-from edgesam_core.training.losses import embedding_mse_loss, mask_distill_losses, padding_valid_mask
+from edgesam_core.training.losses import embedding_mse_loss, gt_mask_losses, mask_distill_losses, padding_valid_mask
 from edgesam_core.training.prompts import choose_prompt_kind, sample_refinement_points
 from edgesam_core.training.teacher import Teacher, run_decoder, split_features
 
@@ -24,7 +24,8 @@ class Batch:
     """A collated training batch on the target device.
 
     ``images`` Bx3xSxS (normalised, padded); ``sizes`` Bx2 pre-pad (h, w); ``boxes[i]`` P_ix4 xyxy and
-    ``points[i]`` P_ix1x2 in the S frame; ``keys[i]`` the image id (cache key).
+    ``points[i]`` P_ix1x2 (HQSeg: P_ixKx2) in the S frame; ``keys[i]`` the image id (cache key). HQSeg
+    batches add ``extras`` ``point_labels`` (P_ixK), ``box_used`` (P_i bool) and ``gt_masks`` (P_ixSxS uint8).
     """
 
     images: torch.Tensor
@@ -123,3 +124,48 @@ def decoder_losses(student: nn.Module, batch: Batch, ctx: dict[str, Any], *, tea
                 labels = torch.cat([labels, new_l], dim=1)
     loss = lc.bce * totals["bce"] + lc.dice * totals["dice"]
     return {"loss": loss, **totals}
+
+
+def hq_gt_losses(student: nn.Module, batch: Batch, ctx: dict[str, Any], *, teacher: Teacher,
+                 cfg: DistillConfig) -> dict[str, torch.Tensor]:
+    """HQ step on HQSeg-44K (spec §3.8): ground-truth loss plus distillation from the HQ-SAM teacher.
+
+    Every image carries one prompt (box and/or positive/negative points, drawn by the dataset); student and
+    teacher decode it once (one mask output). Loss = ``gt_bce * BCE + gt_dice * Dice`` on uncertainty-sampled
+    points of the student's HQ logits against the mask / 255, plus ``T^2 * (bce * BCE + dice * Dice)`` of the
+    student's HQ logits / T against the teacher's hard HQ mask. Images whose crop holds no foreground have
+    no prompt and are left out; the mean is over the masks of the batch (upstream's ``num_masks``).
+    """
+    lc = cfg.loss
+    with torch.no_grad():
+        t_emb, t_interm = teacher.encode(batch.images, ctx.get("teacher_autocast"))
+    enc_trains = any(p.requires_grad for p in student.image_encoder.parameters())
+    with ctx["autocast"], torch.set_grad_enabled(enc_trains and torch.is_grad_enabled()):
+        s_emb, s_interm = split_features(student.image_encoder(batch.images))
+    device = s_emb.device
+    s_logits, t_logits, targets = [], [], []
+    for i in range(len(batch.keys)):
+        if batch.boxes[i].shape[0] == 0:
+            continue
+        coords = batch.points[i].to(device, torch.float32)
+        labels = batch.extras["point_labels"][i].to(device, torch.float32)
+        points = (coords, labels) if coords.shape[1] else None
+        box = batch.boxes[i].to(device, torch.float32) if bool(batch.extras["box_used"][i].any()) else None
+        t_feats = [f[i : i + 1] for f in t_interm] if t_interm is not None else None
+        s_feats = [f[i : i + 1] for f in s_interm] if s_interm is not None else None
+        t_logits.append(teacher.decode(t_emb[i : i + 1], points, box, 1, t_feats)[0])
+        with ctx["autocast"]:
+            s_logits.append(run_decoder(student, s_emb[i : i + 1], points, box, 1, s_feats)[0].float())
+        targets.append(batch.extras["gt_masks"][i].to(device, torch.float32)[:, None] / 255.0)
+    if not s_logits:
+        # No image of this batch has foreground: a zero loss that still touches every trainable parameter, so
+        # DDP's gradient reduction stays in step with the other ranks.
+        zero = sum((p.sum() for p in student.parameters() if p.requires_grad), torch.zeros((), device=device)) * 0.0
+        return {"loss": zero, "gt_bce": zero.detach(), "gt_dice": zero.detach(), "bce": zero.detach(),
+                "dice": zero.detach()}
+    s_all, t_all, y_all = torch.cat(s_logits), torch.cat(t_logits), torch.cat(targets)
+    gt_bce, gt_dice = gt_mask_losses(s_all, y_all, lc.gt_points, lc.gt_oversample, lc.gt_importance)
+    kd_bce, kd_dice = mask_distill_losses(s_all, t_all, None, lc.temperature)
+    scale = lc.temperature ** 2
+    loss = lc.gt_bce * gt_bce + lc.gt_dice * gt_dice + scale * (lc.bce * kd_bce + lc.dice * kd_dice)
+    return {"loss": loss, "gt_bce": gt_bce, "gt_dice": gt_dice, "bce": scale * kd_bce, "dice": scale * kd_dice}

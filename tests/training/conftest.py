@@ -61,10 +61,14 @@ def save_model(variant: str, path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    """Dataset (4 images) and teacher checkpoints shared by the whole session (read-only)."""
+    """Datasets (SA-1B: 4 images; HQSeg-44K: 7, one per set) and teacher checkpoints shared by the whole
+    session (read-only)."""
+    from tests.helpers.hqseg import write_hqseg
+
     root = tmp_path_factory.mktemp("distill_assets")
     return {
         "data": write_sa1b(root / "sa1b", count=4),
+        "hqseg": write_hqseg(root / "hqseg", per_set=1),
         "teacher": save_model(TEACHER, root / "teacher.pth", seed=1),
         "hq_teacher": save_model(HQ_TEACHER, root / "hq_teacher.pth", seed=2),
     }
@@ -73,7 +77,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 def cli_args(step: str, assets: dict[str, Path], out: Path, *extra: str, steps: int = 2) -> list[str]:
     """Arguments of a small CPU ``edgesam distill`` run of ``step``."""
     hq = step == "hq"
-    args = ["distill", "--step", step, "--data-root", str(assets["data"]), "--out", str(out), "--device", "cpu",
+    args = ["distill", "--step", step, "--data-root", str(assets["hqseg" if hq else "data"]), "--out", str(out),
+            "--device", "cpu",
             "--teacher-checkpoint", str(assets["hq_teacher" if hq else "teacher"]),
             "--model", HQ_STUDENT if hq else ("edge_sam_dyt_frozen_mask_debug" if step == "2" else STUDENT),
             "--teacher", HQ_TEACHER if hq else TEACHER, "--max-steps", str(steps),
