@@ -28,7 +28,8 @@ EXAMPLES = """
 The output folder gets report.json, miou_vs_clicks.png and, with --save-masks, coco_gt.json plus
 coco_results_click<k>.json (COCO RLE; load with COCO(gt).loadRes(results) and run COCOeval "segm").
 Click 1 is the initial prompt alone; click k adds k-1 corrective points at the centre of the largest
-error region.
+error region. --protocol upstream reproduces EdgeSAM's eval_mIoU.py instead (GT resampled through the
+model frame, clicks drawn at random from the low-res error region) for numbers comparable with upstream's.
 """
 
 
@@ -43,6 +44,11 @@ class PromptKind(str, Enum):
     point_random = "point-random"
     box_center = "box-center"
     point_annotated = "point-annotated"
+
+
+class Protocol(str, Enum):
+    exact = "exact"
+    upstream = "upstream"
 
 
 class Select(str, Enum):
@@ -80,7 +86,11 @@ def command(
     reference_model: Annotated[str | None, typer.Option(
         "--reference-model", help="Variant of the --reference checkpoint (e.g. vit_h).")] = None,
     device: DeviceOpt = "cpu",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for point-random and the object subset.")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed for point-random, the object subset and upstream-protocol clicks.")] = 0,
+    protocol: Annotated[Protocol, typer.Option(
+        "--protocol", help="exact: exact GT, clicks at error-region centres; upstream: EdgeSAM's eval_mIoU.py "
+        "(resampled GT, random clicks).")] = Protocol.exact,
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output folder (created).")] = Path("eval_out"),
     save_masks: Annotated[bool, typer.Option(
         "--save-masks", help="Also write the kept masks as COCO RLE results (+ the matching GT subset).")] = False,
@@ -113,7 +123,8 @@ def command(
         report = evaluate(predictor, dataset, prompt=prompt.value, refine_clicks=refine_clicks,
                           num_samples=num_samples, reference_predictor=reference_predictor, progress=progress,
                           max_prompts=max_prompts, num_multimask_outputs=num_multimask_outputs,
-                          multimask_select=multimask_select.value, seed=seed, on_mask=writer)
+                          multimask_select=multimask_select.value, seed=seed, on_mask=writer,
+                          protocol=protocol.value)
     report.settings.update({
         "checkpoint": str(checkpoint), "model": model, "data": data.value, "data_root": str(data_root),
         "split": split, "reference": str(reference) if reference else None, "reference_model": reference_model,

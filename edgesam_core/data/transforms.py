@@ -86,17 +86,18 @@ class ResizeLongestSide:
         return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
     def apply_masks(self, masks: np.ndarray) -> np.ndarray:
-        """Resize ``NxHxW`` masks with nearest-neighbour sampling (PIL's NEAREST, as upstream)."""
-        from PIL import Image
+        """Resize ``NxHxW`` masks with nearest-neighbour sampling, exactly as :meth:`apply_masks_torch`.
 
+        Upstream resizes ground-truth masks with ``F.interpolate(mode="nearest")``, which samples source
+        index ``floor(i * in / out)`` (float32 scale), not the pixel centre as PIL's NEAREST does; the two
+        disagree on about half the pixels of a fine mask, so this numpy twin follows torch.
+        """
         if masks.ndim != 3:
             raise ValueError(f"apply_masks expects an NxHxW array, got shape {masks.shape}")
         newh, neww = self._new_size(masks.shape[1:])
-        out = np.empty((masks.shape[0], newh, neww), dtype=masks.dtype)
-        for i, mask in enumerate(masks):
-            pil = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8) if mask.dtype == bool else mask))
-            out[i] = np.asarray(pil.resize((neww, newh), Image.Resampling.NEAREST)).astype(masks.dtype)
-        return out
+        rows = _nearest_source_index(masks.shape[1], newh)
+        cols = _nearest_source_index(masks.shape[2], neww)
+        return np.ascontiguousarray(masks[:, rows[:, None], cols[None, :]])
 
     # -- torch ---------------------------------------------------------------------------------------------
 
@@ -132,3 +133,12 @@ class ResizeLongestSide:
             raise ValueError(f"apply_masks_torch expects an NxHxW tensor, got shape {tuple(masks.shape)}")
         size = self._new_size(tuple(masks.shape[1:]))
         return F.interpolate(masks[:, None].float(), size, mode="nearest").squeeze(1).to(masks.dtype)
+
+
+def _nearest_source_index(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of every output pixel for torch's ``nearest`` mode (``floor(i * scale)`` in float32)."""
+    if out_size == in_size:
+        return np.arange(out_size)
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(src, in_size - 1)

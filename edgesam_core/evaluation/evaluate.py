@@ -6,6 +6,8 @@ centre point, or a seeded random GT point); then, ``refine_clicks`` times, a poi
 of the largest error region of the last prediction and the decoder runs again with every point so far
 (and the box, for box prompts). The previous logits are not fed back as a mask prompt, as upstream.
 IoU is computed at the original image resolution; mIoU is the mean over all prompts of all images, x100.
+``protocol="upstream"`` instead reproduces upstream's GT resampling and random refinement clicks
+(see :mod:`edgesam_core.evaluation.upstream`), for numbers comparable with EdgeSAM's ``eval_mIoU.py``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from ..progress import NullProgress, Progress
 from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
 from .prompts import PROMPT_TYPES, Prompt, make_prompt
 from .samples import EvalObject, EvalSample
+from .upstream import upstream_click, upstream_iou, upstream_target
 
 MULTIMASK_SELECT: tuple[str, ...] = ("score", "area", "oracle")
+#: ``exact``: exact GT, clicks at the centre of the largest error region; ``upstream``: EdgeSAM's eval_mIoU.py.
+PROTOCOLS: tuple[str, ...] = ("exact", "upstream")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def select_objects(objects: Sequence[EvalObject], max_prompts: int | None, seed:
 
 
 def _predict(predictor: Predictor, prompt: Prompt, num_outputs: int,
-             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     result = predictor.predict(point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
                                num_multimask_outputs=num_outputs)
     masks = np.asarray(result[0]).astype(bool, copy=False)
@@ -103,10 +108,11 @@ def _predict(predictor: Predictor, prompt: Prompt, num_outputs: int,
             f"The predictor returned masks of shape {masks.shape} and scores of shape {scores.shape}; "
             f"expected C x {shape[0]} x {shape[1]} masks (original image size) and C scores"
         )
-    return masks, scores
+    return masks, scores, np.asarray(result[2])
 
 
-def _select(masks: np.ndarray, scores: np.ndarray, how: str, target: np.ndarray) -> tuple[int, float | None]:
+def _select(masks: np.ndarray, scores: np.ndarray, how: str, target: np.ndarray,
+            iou_fn: Callable[[np.ndarray, np.ndarray], float] = mask_iou) -> tuple[int, float | None]:
     """Index of the mask to keep (and its IoU when it was computed to choose)."""
     if masks.shape[0] == 1:
         return 0, None
@@ -114,12 +120,23 @@ def _select(masks: np.ndarray, scores: np.ndarray, how: str, target: np.ndarray)
         return int(np.argmax(scores)), None
     if how == "area":
         return int(np.argmax(masks.reshape(masks.shape[0], -1).sum(axis=1))), None
-    ious = [mask_iou(m, target) for m in masks]
-    best = int(np.argmax(ious))
+    ious = [iou_fn(m, target) for m in masks]
+    best = int(np.nanargmax(ious)) if not np.isnan(ious).all() else 0
     return best, ious[best]
 
 
-def _validate(prompt: str, refine_clicks: int, num_multimask_outputs: int, multimask_select: str) -> None:
+def _img_size(predictor: Predictor) -> int:
+    """Model input side of a predictor (every backend keeps its ``ResizeLongestSide`` as ``transform``)."""
+    transform = getattr(predictor, "transform", None)
+    size = getattr(transform, "target_length", None) or getattr(predictor, "img_size", None)
+    if not size:
+        raise ConfigError("protocol 'upstream' needs a predictor with a 'transform' (ResizeLongestSide) or "
+                          "'img_size'; use protocol 'exact' for this backend")
+    return int(size)
+
+
+def _validate(prompt: str, refine_clicks: int, num_multimask_outputs: int, multimask_select: str,
+              protocol: str = "exact") -> None:
     if prompt not in PROMPT_TYPES:
         raise ConfigError(f"Unknown prompt type '{prompt}'; choose one of {', '.join(PROMPT_TYPES)}")
     if refine_clicks < 0:
@@ -129,6 +146,8 @@ def _validate(prompt: str, refine_clicks: int, num_multimask_outputs: int, multi
     if multimask_select not in MULTIMASK_SELECT:
         raise ConfigError(f"Unknown --multimask-select '{multimask_select}'; choose one of "
                           f"{', '.join(MULTIMASK_SELECT)}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"Unknown --protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
 
 
 def evaluate(
@@ -145,6 +164,7 @@ def evaluate(
     multimask_select: str = "score",
     seed: int = 0,
     on_mask: Callable[[MaskRecord], None] | None = None,
+    protocol: str = "exact",
 ) -> EvalReport:
     """Score a predictor's masks against ground truth (or a reference model) with optional refinement clicks.
 
@@ -166,6 +186,9 @@ def evaluate(
             (largest), ``oracle`` (highest IoU with the target).
         seed: seed for ``point-random`` and for the object subset when an image has more than ``max_prompts``.
         on_mask: called with a :class:`MaskRecord` for every kept mask (e.g. a COCO results writer).
+        protocol: ``exact`` (default: exact GT, clicks at the centre of the largest error region) or
+            ``upstream`` (EdgeSAM's eval_mIoU.py: GT resampled through the model frame, clicks drawn at
+            random from the low-res error region, label -2 below 10 pixels; seeded by ``seed``).
 
     Returns:
         An :class:`EvalReport`.
@@ -174,7 +197,10 @@ def evaluate(
         ConfigError: invalid settings.
         DatasetError: unreadable images or annotations.
     """
-    _validate(prompt, refine_clicks, num_multimask_outputs, multimask_select)
+    _validate(prompt, refine_clicks, num_multimask_outputs, multimask_select, protocol)
+    upstream = protocol == "upstream"
+    img_size = _img_size(predictor) if upstream else 0
+    iou_fn = upstream_iou if upstream else mask_iou
     progress = progress or NullProgress()
     total: int | None = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     if num_samples is not None and num_samples >= 0:
@@ -205,18 +231,26 @@ def evaluate(
             current = make_prompt(prompt, gt, obj.box, rng, obj.point)
             target = gt
             if reference_predictor is not None:
-                ref_masks, ref_scores = _predict(reference_predictor, current, num_multimask_outputs, shape)
+                ref_masks, ref_scores, _ = _predict(reference_predictor, current, num_multimask_outputs, shape)
                 target = ref_masks[_select(ref_masks, ref_scores, reference_select, gt)[0]]
+            scored = upstream_target(target, img_size) if upstream else target
+            click_rng = np.random.default_rng(_seed_for(seed, sample.key, obj.ann_id, "clicks"))
             row: list[float] = []
             for k in range(rounds):
-                masks, scores = _predict(predictor, current, num_multimask_outputs, shape)
-                index, iou = _select(masks, scores, multimask_select, target)
+                masks, scores, low_res = _predict(predictor, current, num_multimask_outputs, shape)
+                index, iou = _select(masks, scores, multimask_select, scored, iou_fn)
                 mask = masks[index]
-                row.append(mask_iou(mask, target) if iou is None else iou)
+                row.append(iou_fn(mask, scored) if iou is None else iou)
                 if on_mask is not None:
                     on_mask(MaskRecord(sample, obj, area, k + 1, mask, float(scores[index])))
                 if k + 1 == rounds:
                     break
+                if upstream:
+                    # Upstream samples from the kept mask, or from channel 0 when "oracle" keeps them all.
+                    channel = 0 if multimask_select == "oracle" else index
+                    click, (x, y) = upstream_click(low_res[channel], target, img_size, click_rng)
+                    current = current.with_click(x, y, click.label)
+                    continue
                 click = refinement_click(mask, target)
                 if click is None:
                     # Already perfect: a user would stop clicking, and re-predicting the same prompt gives the
@@ -242,6 +276,7 @@ def evaluate(
         "multimask_select": multimask_select,
         "target": "reference" if reference_predictor is not None else "ground_truth",
         "seed": seed,
+        "protocol": protocol,
     }
     return EvalReport(settings=settings, num_images=num_images, num_prompts=len(rows), skipped_empty=skipped,
                       seconds=time.perf_counter() - start, clicks=aggregate_miou(ious, buckets), ious=ious,

@@ -64,12 +64,15 @@ def preprocess(image: np.ndarray, img_size: int) -> tuple[np.ndarray, tuple[int,
 
 
 def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # PyTorch's bilinear, align_corners=False: half-pixel centres, negative sources clamped to 0.
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    # PyTorch's bilinear, align_corners=False: half-pixel centres, negative sources clamped to 0. The source
+    # positions are computed in float32 as torch does for float tensors, so a weight that torch rounds to
+    # exactly 0 (or not) is 0 here too; thresholded resizes (masks > 0) then agree pixel for pixel.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    frac = (src - i0).astype(np.float32)
+    frac = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
     return i0, i1, frac
 
 
@@ -156,6 +159,12 @@ class OnnxSamPredictor:
         self._require_image()
         return self.features[0]
 
+    def _decoder_output_names(self) -> list[str]:
+        """``scores`` and ``masks``, by name: the published EdgeSAM-DyT HQ decoder (upstream's dev/onnx
+        export) has a third output, ``masks_sam``, after them. Works for every runner the subclasses use."""
+        names = [o.name for o in self.decoder.get_outputs()]
+        return ["scores", "masks"] if {"scores", "masks"} <= set(names) else names[:2]
+
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise InputError("No image set: call set_image(image) before predicting.")
@@ -207,7 +216,8 @@ class OnnxSamPredictor:
         feed["boxes_valid"] = np.array([[box is not None]])
         for i, arr in enumerate(self.features[1:]):
             feed[f"interm_embeddings_{i}"] = arr
-        scores, logits = self.decoder.run(None, {k: v for k, v in feed.items() if k in self._decoder_inputs})
+        scores, logits = self.decoder.run(self._decoder_output_names(),
+                                          {k: v for k, v in feed.items() if k in self._decoder_inputs})
         if not self.is_hq:
             sl = _MASK_SLICES[num_outputs]
             scores, logits = scores[:, sl], logits[:, sl]

@@ -95,3 +95,26 @@ def test_upsampled_decoder_gives_the_same_masks(export_factory):
         b = onnx_pred.predict(num_multimask_outputs=4, return_logits=True, **prompt)
         assert np.abs(a.masks - b.masks).max() < 1e-4
         assert np.abs(a.scores - b.scores).max() < 1e-4
+
+
+def test_decoder_with_upstreams_extra_masks_sam_output(hq_debug_export, tmp_path):
+    """The published EdgeSAM-DyT HQ decoder (upstream dev/onnx) has outputs scores, masks, masks_sam."""
+    import onnx
+
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    _, result = hq_debug_export
+    graph = onnx.load(str(result.files["decoder"]))
+    graph.graph.node.append(onnx.helper.make_node("Identity", ["masks"], ["masks_sam"]))
+    graph.graph.output.append(onnx.helper.make_tensor_value_info("masks_sam", onnx.TensorProto.FLOAT, None))
+    (tmp_path / "ko_encoder.onnx").write_bytes(result.files["encoder"].read_bytes())
+    onnx.save(graph, str(tmp_path / "ko_decoder.onnx"))
+    ours, ko = OnnxSamPredictor(result.files["encoder"]), OnnxSamPredictor(tmp_path / "ko_encoder.onnx")
+    assert [o.name for o in ko.decoder.get_outputs()] == ["scores", "masks", "masks_sam"]
+    image = _image()
+    ours.set_image(image)
+    ko.set_image(image)
+    for prompt in PROMPTS.values():
+        a, b = ours.predict(**prompt, return_logits=True), ko.predict(**prompt, return_logits=True)
+        np.testing.assert_array_equal(a.masks, b.masks)
+        np.testing.assert_array_equal(a.scores, b.scores)

@@ -126,3 +126,34 @@ def test_generator_argument_validation(debug_model):
         SamAutomaticMaskGenerator(debug_model, output_mode="png")
     with pytest.raises(ValueError, match="num_multimask_outputs"):
         SamAutomaticMaskGenerator(debug_model, num_multimask_outputs=2)
+
+
+def test_predicted_iou_is_the_low_res_stability_score_by_default(photo_factory):
+    """Upstream's generator filters with ``pred_iou_thresh`` on stability scores (its ``predict_torch``
+    defaults to ``use_stability_score=True``); ``use_stability_score_for_iou=False`` gives SAM's IoU head."""
+    from edgesam_core.data.transforms import ResizeLongestSide
+
+    image = photo_factory(90, 120)
+    records = SamAutomaticMaskGenerator(_disc_model(), points_per_side=4).generate(image)
+    assert records
+    ys, xs = np.mgrid[0:32, 0:32] + 0.5
+    for rec in records:
+        cx, cy = ResizeLongestSide(128).apply_coords(np.asarray(rec["point_coords"]), (90, 120))[0] / 4.0
+        logits = [20.0 * (r - np.hypot(xs - cx, ys - cy)) for r in RADII[1:]]  # tokens 1-3 (3 outputs)
+        stability = [(lg > 1.0).sum() / (lg > -1.0).sum() for lg in logits]
+        assert min(abs(rec["predicted_iou"] - s) for s in stability) < 1e-6
+        assert rec["predicted_iou"] != pytest.approx(0.95)
+    head = SamAutomaticMaskGenerator(_disc_model(), points_per_side=4, use_stability_score_for_iou=False)
+    head_records = head.generate(image)
+    assert head_records and all(r["predicted_iou"] == pytest.approx(0.95) for r in head_records)
+
+
+def test_defaults_are_upstreams(debug_model):
+    """SAM's / EdgeSAM's generator defaults (spec §6.3), including 3 masks per point."""
+    g = SamAutomaticMaskGenerator(debug_model)
+    assert len(g.point_grids) == 1 and g.point_grids[0].shape == (32 * 32, 2)
+    assert (g.points_per_batch, g.pred_iou_thresh, g.stability_score_thresh, g.stability_score_offset) == (
+        64, 0.88, 0.95, 1.0)
+    assert (g.box_nms_thresh, g.crop_n_layers, g.crop_nms_thresh, g.crop_overlap_ratio) == (0.7, 0, 0.7, 512 / 1500)
+    assert (g.min_mask_region_area, g.output_mode, g.num_multimask_outputs) == (0, "binary_mask", 3)
+    assert g.use_stability_score_for_iou is True

@@ -80,3 +80,16 @@ def test_masks_nearest():
     assert out[0, :10].all() and not out[0, 10:].any() and not out[1].any()
     out_t = ResizeLongestSide(40).apply_masks_torch(torch.as_tensor(masks))
     np.testing.assert_array_equal(out_t.numpy(), out)
+
+
+def test_numpy_masks_sample_like_torch_nearest():
+    # torch's "nearest" (what upstream applies to GT masks) takes source index floor(i * in / out):
+    # 5 -> 3 keeps rows/cols 0, 1, 3 (PIL's pixel-centre NEAREST would keep 0, 2, 4).
+    grid = (np.arange(5)[:, None] * 10 + np.arange(5)[None, :]).astype(np.uint8)[None]
+    out = ResizeLongestSide(3).apply_masks(grid)
+    np.testing.assert_array_equal(out[0], grid[0][np.ix_([0, 1, 3], [0, 1, 3])])
+    rng = np.random.default_rng(0)
+    for shape, target in (((3, 77, 53), 32), ((2, 300, 450), 128), ((2, 33, 7), 128)):
+        masks = rng.random(shape) > 0.5
+        t = ResizeLongestSide(target)
+        np.testing.assert_array_equal(t.apply_masks(masks), t.apply_masks_torch(torch.as_tensor(masks)).numpy())
