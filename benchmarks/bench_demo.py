@@ -56,6 +56,21 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": round(ordered[-1], 2), "n": len(ordered)}
 
 
+def _cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat; None elsewhere): other work on the machine."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(1.0 - (idle1 - idle0) / max(1, total1 - total0), 3)
+
+
 def _clicks(width: int, height: int, count: int) -> list[list[float]]:
     """``count`` deterministic click positions spread over the image (a 7x5 grid, cycled)."""
     grid = [[width * (i + 0.5) / 7, height * (j + 0.5) / 5] for j in range(5) for i in range(7)]
@@ -143,7 +158,8 @@ def main() -> None:
         "environment": {
             "cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
             "threads": args.threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__,
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "cpu_busy_before_start": _cpu_busy_fraction(), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
         },
         "model": args.model,

@@ -40,6 +40,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", INFER_PANEL),
     ("benchmark", "benchmark", INFER_PANEL),
     ("weights", "weights", INFER_PANEL),
+    ("demo", "demo", INFER_PANEL),
 ]
 
 

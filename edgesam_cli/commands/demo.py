@@ -1,0 +1,90 @@
+"""`edgesam demo`: a local web page to click, box and segment with a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXAMPLES = """
+[b]Examples[/b]
+
+  [dim]# published EdgeSAM-DyT weights, page on http://127.0.0.1:7680/[/dim]
+  edgesam demo
+
+  [dim]# your checkpoint, HQ model, open the browser, any free port[/dim]
+  edgesam demo --checkpoint edge_sam_dyt_hq.pth --hq --port 0 --open
+
+  [dim]# an exported ONNX pair (the decoder is found next to the encoder)[/dim]
+  edgesam demo --checkpoint export/edge_sam_dyt_encoder.onnx
+
+""" + (
+    "Upload an image (encoded once), then left-click for a foreground point, right-click or Shift+click for "
+    "a background point, drag for a box; every prompt runs only the mask decoder. The page shows the mask "
+    "and its stability score, cycles multimask candidates, toggles HQ vs SAM masks (HQ checkpoints), runs "
+    "'Everything' (PyTorch checkpoints) and downloads the mask as PNG or JSON (COCO RLE). The server "
+    "listens on 127.0.0.1 only unless --host says otherwise; it has no authentication.\n"
+)
+
+
+def command(
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", dir_okay=False,
+        help="Weights (.pth/.pt) or an exported model (.onnx, .tflite, .engine); default: the published "
+        "weights of --model.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model variant, e.g. edge_sam_dyt, edge_sam_dyt_hq; default: recognised from --checkpoint, "
+        "else edge_sam_dyt (edge_sam_dyt_hq with --hq).")] = None,
+    hq: Annotated[bool, typer.Option("--hq", help="Use the HQ model (implies --model edge_sam_dyt_hq).")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but loopback exposes the demo to your network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port; 0 picks a free one.")] = 7680,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", help="Largest accepted upload in MB.")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(
+        "--max-megapixels", help="Largest accepted image (width x height) in megapixels.")] = 16.8,
+    open_browser: Annotated[bool, typer.Option(
+        "--open/--no-open", help="Open the page in the default web browser.")] = False,
+    log_requests: Annotated[bool, typer.Option("--log-requests", help="Print one line per HTTP request.")] = False,
+) -> None:
+    """Serve a local web page to segment images interactively (points, boxes, everything)."""
+    import webbrowser
+
+    from edgesam_cli.console import RichProgress, err_console, out_console
+    from edgesam_core.demo.launch import check_port, open_session, plan_demo
+    from edgesam_core.demo.server import is_loopback, serve
+    from edgesam_core.demo.session import DemoLimits
+    from edgesam_core.errors import ConfigError
+
+    check_port(port)
+    if max_upload_mb <= 0 or max_megapixels <= 0:
+        raise ConfigError("--max-upload-mb and --max-megapixels must be positive")
+    if not is_loopback(host):
+        err_console.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can "
+                          "use the demo (no authentication). Use --host 127.0.0.1 to keep it local.",
+                          highlight=False)
+    plan = plan_demo(checkpoint, model=model, hq=hq, device=device)
+    limits = DemoLimits(max_upload_bytes=int(max_upload_mb * 1_000_000), max_pixels=int(max_megapixels * 1_000_000))
+    if plan.checkpoint is None:
+        with RichProgress(transfer=True) as download:
+            session = open_session(plan, limits, download)
+    else:
+        session = open_session(plan, limits)
+    log = (lambda line: err_console.print(line, highlight=False, markup=False)) if log_requests else None
+    server = serve(session, host=host, port=port, log=log)
+    try:
+        out_console.print(f"EdgeSAM demo ({session.model_name}) on {server.url}  (Ctrl+C to stop)", highlight=False,
+                          soft_wrap=True)
+        if open_browser:
+            webbrowser.open(server.url)
+        server.wait()
+    except KeyboardInterrupt:
+        err_console.print("Stopped.")
+    finally:
+        server.shutdown()
+
+
+command.__doc__ = (command.__doc__ or "") + "\n" + EXAMPLES

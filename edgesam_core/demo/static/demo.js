@@ -1,0 +1,369 @@
+// EdgeSAM demo page: upload once, then every click/box only asks the server to run the mask decoder.
+// Test hooks: <body data-status="idle|uploading|ready|busy|error" data-mask-count="N" data-image-id="...">
+// and window.edgesamDemo.state (the last server answer is state.result).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const MASK_RGBA = [30, 144, 255, 150];
+  const DRAG_PX = 5;
+
+  const state = {
+    info: null, imageId: null, imageName: "image", width: 0, height: 0,
+    points: [], labels: [], box: null,
+    result: null, index: 0, everything: null,
+    busy: false, pending: false, drag: null,
+  };
+  window.edgesamDemo = { state };
+
+  // -- small helpers ------------------------------------------------------------------------------------
+
+  function setStatus(status) { document.body.dataset.status = status; }
+
+  function showMessage(text, kind) {
+    const box = $("message");
+    box.textContent = text || "";
+    box.dataset.kind = kind || "info";
+    box.hidden = !text;
+  }
+
+  async function api(path, options) {
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (err) {
+      throw new Error("The demo server did not answer (" + err.message + "); is `edgesam demo` still running?");
+    }
+    let payload = null;
+    try { payload = await response.json(); } catch (err) { payload = null; }
+    if (!response.ok) {
+      throw new Error((payload && payload.error) || ("Request failed with HTTP " + response.status));
+    }
+    return payload;
+  }
+
+  function postJson(path, body) {
+    return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  }
+
+  function loadImage(url) {
+    return new Promise((resolve, reject) => {
+      const image = new Image();
+      image.onload = () => resolve(image);
+      image.onerror = () => reject(new Error("the browser could not display the image"));
+      image.src = url;
+    });
+  }
+
+  function stem(name) { return (name || "image").replace(/\.[^.]+$/, "") || "image"; }
+
+  function download(url, filename) {
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = filename;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+
+  // -- info and upload ----------------------------------------------------------------------------------
+
+  async function loadInfo() {
+    try {
+      state.info = await api("/api/info");
+    } catch (err) {
+      showMessage(err.message, "error");
+      setStatus("error");
+      return;
+    }
+    const info = state.info;
+    $("model-name").textContent = "model: " + info.model + (info.is_hq ? " (HQ)" : "");
+    $("multimask-label").hidden = !info.multimask;
+    $("hq-label").hidden = !info.is_hq;
+    $("hq").disabled = !info.hq_toggle;
+    if (info.is_hq && !info.hq_toggle) $("hq-label").title = "This backend returns only the HQ mask";
+    $("everything").disabled = !info.everything;
+    if (!info.everything) $("everything").title = "Needs a PyTorch checkpoint";
+    setStatus("idle");
+  }
+
+  async function upload(file) {
+    if (!file) return;
+    const limit = state.info ? state.info.limits.max_upload_bytes : Infinity;
+    if (file.size > limit) {
+      showMessage("File is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " + (limit / 1e6).toFixed(1) +
+                  " MB (restart the demo with a larger --max-upload-mb)", "error");
+      setStatus("error");
+      return;
+    }
+    setStatus("uploading");
+    showMessage("Encoding " + file.name + "…");
+    let answer, picture;
+    try {
+      answer = await api("/api/image", {
+        method: "POST", body: file,
+        headers: { "Content-Type": file.type || "application/octet-stream", "X-Filename": encodeURIComponent(file.name) },
+      });
+      picture = await loadImage(answer.preview);
+    } catch (err) {
+      showMessage(err.message, "error");
+      setStatus("error");
+      return;
+    }
+    Object.assign(state, { imageId: answer.image_id, imageName: file.name, width: answer.width, height: answer.height });
+    resetPrompts();
+    for (const id of ["image-canvas", "mask-canvas", "prompt-canvas"]) {
+      $(id).width = answer.width;
+      $(id).height = answer.height;
+    }
+    $("image-canvas").getContext("2d").drawImage(picture, 0, 0);
+    $("stage").classList.remove("empty");
+    // Small images are shown at least 640 px wide (CSS max-width still fits large ones to the page).
+    $("image-canvas").style.width = Math.max(answer.width, Math.min(640, $("stage").clientWidth - 12)) + "px";
+    document.body.dataset.imageId = answer.image_id;
+    showMessage(file.name + ": " + answer.width + "×" + answer.height + ", encoded in " +
+                Math.round(answer.encode_ms) + " ms. Click the object.");
+    $("timing").textContent = "";
+    setStatus("ready");
+  }
+
+  // -- prompts --------------------------------------------------------------------------------------------
+
+  function resetPrompts() {
+    Object.assign(state, { points: [], labels: [], box: null, result: null, index: 0, everything: null });
+    render();
+  }
+
+  function imagePoint(event) {
+    const canvas = $("prompt-canvas");
+    const rect = canvas.getBoundingClientRect();
+    const x = (event.clientX - rect.left) * canvas.width / rect.width;
+    const y = (event.clientY - rect.top) * canvas.height / rect.height;
+    return [Math.min(Math.max(x, 0), state.width), Math.min(Math.max(y, 0), state.height), rect];
+  }
+
+  function onMouseDown(event) {
+    if (!state.imageId || (event.button !== 0 && event.button !== 2)) return;
+    event.preventDefault();
+    const [x, y] = imagePoint(event);
+    state.drag = { x, y, clientX: event.clientX, clientY: event.clientY, moved: false,
+                   negative: event.button === 2 || event.shiftKey };
+  }
+
+  function onMouseMove(event) {
+    const drag = state.drag;
+    if (!drag) return;
+    if (Math.hypot(event.clientX - drag.clientX, event.clientY - drag.clientY) > DRAG_PX) drag.moved = true;
+    if (drag.moved) {
+      const [x, y] = imagePoint(event);
+      drag.current = [x, y];
+      drawPrompts();
+    }
+  }
+
+  function onMouseUp(event) {
+    const drag = state.drag;
+    if (!drag) return;
+    state.drag = null;
+    const [x, y] = imagePoint(event);
+    if (drag.moved) {
+      const box = [Math.min(drag.x, x), Math.min(drag.y, y), Math.max(drag.x, x), Math.max(drag.y, y)];
+      if (box[2] - box[0] < 1 || box[3] - box[1] < 1) { drawPrompts(); return; }
+      state.box = box.map((v) => Math.round(v * 10) / 10);
+    } else {
+      state.points.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+      state.labels.push(drag.negative ? 0 : 1);
+    }
+    state.everything = null;
+    segment();
+  }
+
+  async function segment() {
+    if (!state.imageId) return;
+    if (!state.points.length && !state.box) { state.result = null; render(); return; }
+    if (state.busy) { state.pending = true; return; }
+    state.busy = true;
+    setStatus("busy");
+    const started = performance.now();
+    try {
+      const answer = await postJson("/api/segment", {
+        image_id: state.imageId, points: state.points, labels: state.labels, box: state.box,
+        multimask: !$("multimask-label").hidden && $("multimask").checked,
+        hq: !$("hq-label").hidden ? $("hq").checked : true,
+      });
+      state.result = answer;
+      state.index = answer.best;
+      await render();
+      $("timing").textContent = "decoder " + answer.decode_ms.toFixed(1) + " ms · round trip " +
+        (performance.now() - started).toFixed(0) + " ms";
+      showMessage("");
+      setStatus("ready");
+    } catch (err) {
+      showMessage(err.message, "error");
+      setStatus("error");
+    } finally {
+      state.busy = false;
+    }
+    if (state.pending) { state.pending = false; segment(); }
+  }
+
+  async function everything() {
+    if (!state.imageId || state.busy) return;
+    state.busy = true;
+    setStatus("busy");
+    showMessage("Segmenting everything…");
+    try {
+      const answer = await postJson("/api/everything", { image_id: state.imageId });
+      Object.assign(state, { points: [], labels: [], box: null, result: null, everything: answer });
+      await render();
+      showMessage(answer.count + " masks in " + (answer.ms / 1000).toFixed(1) + " s");
+      setStatus("ready");
+    } catch (err) {
+      showMessage(err.message, "error");
+      setStatus("error");
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  // -- drawing --------------------------------------------------------------------------------------------
+
+  async function render() {
+    drawPrompts();
+    const canvas = $("mask-canvas");
+    const ctx = canvas.getContext("2d");
+    const result = state.result;
+    let count = 0;
+    if (state.everything) {
+      const overlay = await loadImage(state.everything.overlay);
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.drawImage(overlay, 0, 0);
+      count = state.everything.count;
+      $("score").textContent = count + " masks (everything mode)";
+    } else if (result && result.masks.length) {
+      const mask = result.masks[state.index];
+      const picture = await loadImage(mask.png);
+      const scratch = document.createElement("canvas");
+      scratch.width = canvas.width;
+      scratch.height = canvas.height;
+      const sctx = scratch.getContext("2d");
+      sctx.drawImage(picture, 0, 0);
+      const pixels = sctx.getImageData(0, 0, scratch.width, scratch.height);
+      const data = pixels.data;
+      for (let i = 0; i < data.length; i += 4) {
+        const on = data[i] > 127;
+        data[i] = MASK_RGBA[0]; data[i + 1] = MASK_RGBA[1]; data[i + 2] = MASK_RGBA[2];
+        data[i + 3] = on ? MASK_RGBA[3] : 0;
+      }
+      ctx.putImageData(pixels, 0, 0);
+      count = result.masks.length;
+      $("score").textContent = "score " + mask.score.toFixed(3) + " (stability) · IoU head " +
+        mask.predicted_iou.toFixed(3) + " · area " + mask.area.toLocaleString() + " px · " + result.mode;
+    } else {
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      $("score").textContent = "no mask yet";
+    }
+    const many = !!result && result.masks.length > 1;
+    $("candidates").hidden = !many;
+    if (result) $("mask-label").textContent = (state.index + 1) + "/" + result.masks.length;
+    $("download-png").disabled = !(state.everything || (result && result.masks.length));
+    $("download-json").disabled = $("download-png").disabled;
+    document.body.dataset.maskCount = String(count);
+    document.body.dataset.maskIndex = String(state.index);
+  }
+
+  function drawPrompts() {
+    const canvas = $("prompt-canvas");
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const unit = Math.max(2, Math.max(canvas.width, canvas.height) / 300);
+    const box = state.drag && state.drag.moved && state.drag.current
+      ? [state.drag.x, state.drag.y, state.drag.current[0], state.drag.current[1]] : state.box;
+    if (box) {
+      ctx.lineWidth = unit;
+      ctx.setLineDash([4 * unit, 2 * unit]);
+      ctx.strokeStyle = "#facc15";
+      ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+      ctx.setLineDash([]);
+    }
+    state.points.forEach(([x, y], i) => {
+      ctx.beginPath();
+      ctx.arc(x, y, 2.5 * unit, 0, 2 * Math.PI);
+      ctx.fillStyle = state.labels[i] === 1 ? "#22c55e" : "#ef4444";
+      ctx.fill();
+      ctx.lineWidth = unit / 2;
+      ctx.strokeStyle = "#fff";
+      ctx.stroke();
+    });
+  }
+
+  // -- downloads ------------------------------------------------------------------------------------------
+
+  function downloadPng() {
+    if (state.everything) download(state.everything.overlay, stem(state.imageName) + "_everything.png");
+    else if (state.result) download(state.result.masks[state.index].png, stem(state.imageName) + "_mask.png");
+  }
+
+  function downloadJson() {
+    const base = { image: state.imageName, width: state.width, height: state.height,
+                   model: state.info ? state.info.model : null };
+    let record;
+    if (state.everything) {
+      record = Object.assign(base, { mode: "everything", masks: state.everything.masks });
+    } else if (state.result) {
+      const { png, ...mask } = state.result.masks[state.index];
+      record = Object.assign(base, { mode: state.result.mode, candidate: state.index, prompts: state.result.prompts,
+                                     mask });
+    } else {
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
+    download(url, stem(state.imageName) + "_mask.json");
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  // -- wiring ---------------------------------------------------------------------------------------------
+
+  function cycle(step) {
+    if (!state.result || state.result.masks.length < 2) return;
+    const n = state.result.masks.length;
+    state.index = (state.index + step + n) % n;
+    render();
+  }
+
+  function init() {
+    $("file-input").addEventListener("change", (e) => {
+      const file = e.target.files[0];
+      e.target.value = "";  // choosing the same file again must upload it again
+      upload(file);
+    });
+    const prompts = $("prompt-canvas");
+    prompts.addEventListener("mousedown", onMouseDown);
+    window.addEventListener("mousemove", onMouseMove);
+    window.addEventListener("mouseup", onMouseUp);
+    prompts.addEventListener("contextmenu", (e) => e.preventDefault());
+    $("multimask").addEventListener("change", segment);
+    $("hq").addEventListener("change", segment);
+    $("prev-mask").addEventListener("click", () => cycle(-1));
+    $("next-mask").addEventListener("click", () => cycle(1));
+    $("undo").addEventListener("click", () => {
+      if (state.points.length) { state.points.pop(); state.labels.pop(); } else { state.box = null; }
+      segment();
+    });
+    $("clear").addEventListener("click", resetPrompts);
+    $("everything").addEventListener("click", everything);
+    $("download-png").addEventListener("click", downloadPng);
+    $("download-json").addEventListener("click", downloadJson);
+    const stage = document.body;
+    stage.addEventListener("dragover", (e) => { e.preventDefault(); $("stage").classList.add("dragging"); });
+    stage.addEventListener("dragleave", () => $("stage").classList.remove("dragging"));
+    stage.addEventListener("drop", (e) => {
+      e.preventDefault();
+      $("stage").classList.remove("dragging");
+      if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
+    });
+    loadInfo();
+  }
+
+  init();
+})();
