@@ -37,3 +37,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or m
 
 JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 """Machine-readable output of a command that writes files (export-onnx, build-trt, convert-tflite)."""
+
+DecoderFromOpt = Annotated[Path | None, typer.Option(
+    "--decoder-from", exists=True, dir_okay=False,
+    help="SAM checkpoint whose prompt encoder and mask decoder complete an encoder-only (distillation step-1) "
+         "checkpoint; default: the published vit_h weights (downloaded once). Ignored for full checkpoints.")]
+"""Decoder source of an encoder-only checkpoint (segment, evaluate, export-onnx, weights merge)."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgesam_cli.options import DeviceOpt
+from edgesam_cli.options import DecoderFromOpt, DeviceOpt
 
 EXAMPLES = """
 [b]Examples[/b]
@@ -66,6 +66,7 @@ def command(
         help="Dataset root: SA-1B with images/<split> + annotations/<split>, or COCO with annotations/.")],
     model: Annotated[str | None, typer.Option(
         "--model", help="Model variant of a .pth checkpoint (default edge_sam_dyt); ignored for artifacts.")] = None,
+    decoder_from: DecoderFromOpt = None,
     data: Annotated[Dataset, typer.Option("--data", help="Dataset format.")] = Dataset.sa1b,
     split: Annotated[str, typer.Option("--split", help="Split name (val, train).")] = "val",
     prompt: Annotated[PromptKind, typer.Option("--prompt", help="Initial prompt per object.")] = PromptKind.box,
@@ -106,6 +107,7 @@ def command(
     from edgesam_core.evaluation import evaluate, open_eval_dataset
     from edgesam_core.evaluation.report import CocoResultsWriter, plot_miou_vs_clicks, table_rows, write_json
     from edgesam_core.inference import load_predictor
+    from edgesam_core.merge import decoder_source_for
 
     if num_multimask_outputs not in (1, 3, 4):
         raise ConfigError(f"--num-multimask-outputs must be 1, 3 or 4, got {num_multimask_outputs}")
@@ -114,7 +116,10 @@ def command(
 
     dataset = open_eval_dataset(data.value, data_root, split, num_samples)
     err_console.print(f"Loading {checkpoint.name} ...")
-    predictor = load_predictor(checkpoint, model=model, device=device)
+    with RichProgress(transfer=True) as download:
+        decoder_source = decoder_source_for(checkpoint, decoder_from, download)
+    options = {"decoder_source": decoder_source} if decoder_source is not None else {}
+    predictor = load_predictor(checkpoint, model=model, device=device, **options)
     reference_predictor = None
     if reference is not None:
         reference_predictor = load_predictor(reference, model=reference_model, device=device)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgesam_cli.options import JsonResultOpt
+from edgesam_cli.options import DecoderFromOpt, JsonResultOpt
 
 EXAMPLES = """
 [b]Examples[/b]
@@ -72,6 +72,7 @@ def command(
     fuse: Annotated[bool, typer.Option(
         "--fuse/--no-fuse", help="Fold BatchNorms and RepVGG branches into single convs before export "
                                  "(same outputs, smaller and faster graphs, better int8).")] = True,
+    decoder_from: DecoderFromOpt = None,
     json_out: JsonResultOpt = False,
 ) -> None:
     """Export EdgeSAM-DyT to ONNX (upstream's I/O contract, PyTorch's prompt semantics) and verify it."""
@@ -80,10 +81,11 @@ def command(
     from edgesam_cli.console import RichProgress, err_console, out_console
     from edgesam_core.errors import ConfigError, EdgeSamError
     from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
+    from edgesam_core.merge import decoder_source_for, variant_for
 
     if encoder_only and decoder_only:
         raise ConfigError("--encoder-only and --decoder-only exclude each other: pass at most one")
-    model_type = model or ("edge_sam_dyt_hq" if hq else "edge_sam_dyt")
+    model_type = model or ("edge_sam_dyt_hq" if hq else variant_for(checkpoint, "edge_sam_dyt"))
     if hq and "hq" not in model_type:
         raise ConfigError(f"--hq needs an HQ variant but --model is '{model_type}': drop --hq or use edge_sam_dyt_hq")
     opts = OnnxExportOptions(model_type=model_type, out_dir=out, opset=opset, upsample_mode=upsample_mode,
@@ -91,9 +93,11 @@ def command(
                              decoder=not encoder_only, multi_box=multi_box, tolerance=tolerance,
                              fuse=fuse)
     failure: EdgeSamError | None = None
+    with RichProgress(transfer=True) as download:
+        decoder_source = decoder_source_for(checkpoint, decoder_from, download)
     with RichProgress() as progress:
         try:
-            result = export_onnx(checkpoint, opts, progress=progress)
+            result = export_onnx(checkpoint, opts, progress=progress, decoder_source=decoder_source)
         except EdgeSamError as exc:  # parity (exit 4) or explicit --simplify failure (exit 1): files exist
             failure, result = exc, getattr(exc, "result", None)
             if result is None:

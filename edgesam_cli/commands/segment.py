@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgesam_cli.options import DeviceOpt
+from edgesam_cli.options import DecoderFromOpt, DeviceOpt
 
 EXAMPLES = """
 [b]Examples[/b]
@@ -54,6 +54,7 @@ def command(
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", dir_okay=False,
         help="Weights (.pth/.pt) or an exported model; default: the published weights of --model.")] = None,
+    decoder_from: DecoderFromOpt = None,
     device: DeviceOpt = "cpu",
     multimask: Annotated[bool | None, typer.Option(
         "--multimask/--single-mask", help="Keep 3 candidate masks per prompt, or exactly one.")] = None,
@@ -73,13 +74,15 @@ def command(
         fetch_checkpoint,
         plan_segment,
     )
+    from edgesam_core.merge import decoder_source_for
 
     prompts = build_prompts(point or [], label or [], negative_point or [], box or [], everything)
     plan = plan_segment(source, prompts, out, model=model, checkpoint=checkpoint, device=device, hq=hq,
                         multimask=multimask)
-    if plan.checkpoint is None:
-        with RichProgress(transfer=True) as download:
+    with RichProgress(transfer=True) as download:
+        if plan.checkpoint is None:
             fetch_checkpoint(plan, download)
+        plan.decoder_source = decoder_source_for(plan.checkpoint, decoder_from, download)
     if plan.is_folder:
         with RichProgress() as progress:
             report = execute_plan(plan, progress)

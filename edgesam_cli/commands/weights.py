@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from edgesam_cli.console import out_console
+from edgesam_cli.options import DecoderFromOpt
 
 EXAMPLES = """
 [b]Examples[/b]
@@ -20,10 +22,14 @@ EXAMPLES = """
   [dim]# fetch SAM ViT-H again even if it is cached, into another cache folder[/dim]
   EDGESAM_HOME=/data/edgesam edgesam weights download vit_h --force
 
+  [dim]# complete a distillation step-1 (encoder-only) checkpoint with SAM's prompt encoder + mask decoder[/dim]
+  edgesam weights merge step1/ckpt_epoch_19.pth --decoder-from sam_vit_h_4b8939.pth --out edge_sam_dyt_step1_full.pth
+
 """
 
 app = typer.Typer(
-    help="List and download published checkpoints (verified, cached in $EDGESAM_HOME, default ~/.cache/edgesam).",
+    help="List, download and merge checkpoints (downloads verified and cached in $EDGESAM_HOME, default "
+         "~/.cache/edgesam).",
     epilog=EXAMPLES,
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -75,4 +81,31 @@ def download_command(
 
     with RichProgress(transfer=True) as progress:
         path = ensure_weights(name, progress=progress, force=force)
+    typer.echo(str(path))
+
+
+@app.command("merge", epilog=EXAMPLES)
+def merge_command(
+    encoder: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, help="Encoder-only checkpoint (distillation step 1, upstream or ours).")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Full checkpoint to write.")],
+    decoder_from: DecoderFromOpt = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Variant of the result; default: recognised from the encoder (edge_sam, or "
+        "edge_sam_dyt_frozen_mask for a DyT encoder: SAM's decoder unchanged).")] = None,
+) -> None:
+    """Merge an encoder-only checkpoint with SAM's prompt encoder + mask decoder into one full checkpoint."""
+    from edgesam_cli.console import RichProgress, err_console
+    from edgesam_core.merge import decoder_source_for, merge_encoder_checkpoint
+
+    source = decoder_from
+    if source is None:
+        with RichProgress(transfer=True) as download:
+            source = decoder_source_for(encoder, None, download)
+    if source is None:
+        from edgesam_core.errors import CheckpointMismatchError
+
+        raise CheckpointMismatchError(f"{encoder} is not an encoder-only checkpoint; it needs no merging")
+    path, variant = merge_encoder_checkpoint(encoder, source, out, model=model)
+    err_console.print(f"wrote a full '{variant}' checkpoint (load it with --model {variant})", highlight=False)
     typer.echo(str(path))

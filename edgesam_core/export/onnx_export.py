@@ -269,7 +269,7 @@ def _sidecar(role: str, path: Path, model: Any, checkpoint: Path | None, ckpt_sh
 
 
 def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: Any | None = None,
-                progress: Progress | None = None) -> OnnxExportResult:
+                progress: Progress | None = None, decoder_source: Any = None) -> OnnxExportResult:
     """Export encoder and/or decoder graphs, check them against PyTorch, write sidecars.
 
     Args:
@@ -279,6 +279,7 @@ def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: A
         model: an already built ``Sam`` (tests pass random-weight models); built from ``checkpoint``
             with ``opts.upsample_mode`` otherwise.
         progress: progress reporter.
+        decoder_source: prompt encoder + mask decoder (SAM checkpoint) for an encoder-only ``checkpoint``.
 
     Returns:
         The written files, sidecars and the parity report.
@@ -307,7 +308,8 @@ def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: A
             raise ConfigError("export_onnx needs a checkpoint or a built model")
         from edgesam_core.models import build_sam
 
-        model = build_sam(opts.model_type, checkpoint, upsample_mode=opts.upsample_mode)
+        model = build_sam(opts.model_type, checkpoint, upsample_mode=opts.upsample_mode,
+                          decoder_source=decoder_source)
     model = model.eval()
     out_dir = Path(opts.out_dir) if opts.out_dir else (checkpoint.parent if checkpoint else Path.cwd())
     out_dir.mkdir(parents=True, exist_ok=True)

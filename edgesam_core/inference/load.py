@@ -56,11 +56,13 @@ def resolve_device(device: str | None) -> str:
     return name
 
 
-def load_torch_predictor(path: str | Path, model: str | None = None, device: str = "cpu") -> Predictor:
+def load_torch_predictor(path: str | Path, model: str | None = None, device: str = "cpu",
+                         decoder_source: Any = None) -> Predictor:
     """Build ``model`` from a PyTorch checkpoint and wrap it in a SamPredictor.
 
     Without ``model`` the variant is recognised from the checkpoint's keys and shapes (``edge_sam_dyt``
     when they match no registered variant, which then fails with a diagnostic mismatch error).
+    ``decoder_source`` completes an encoder-only (step-1) checkpoint (see ``build_sam``).
     """
     from edgesam_core.inference.predictor import SamPredictor
     from edgesam_core.models import build_sam
@@ -69,9 +71,10 @@ def load_torch_predictor(path: str | Path, model: str | None = None, device: str
     device = resolve_device(device)
     if model is None:
         state = read_checkpoint(Path(path))
-        sam = build_sam(guess_variant(state) or DEFAULT_MODEL, checkpoint=state, device=device)
+        sam = build_sam(guess_variant(state) or DEFAULT_MODEL, checkpoint=state, device=device,
+                        decoder_source=decoder_source)
     else:
-        sam = build_sam(model, checkpoint=Path(path), device=device)
+        sam = build_sam(model, checkpoint=Path(path), device=device, decoder_source=decoder_source)
     return SamPredictor(sam)
 
 

@@ -341,6 +341,8 @@ class SegmentPlan:
     device: str = "cpu"
     hq: bool = False
     multimask: bool | None = None
+    decoder_source: Path | None = None
+    """SAM checkpoint completing an encoder-only checkpoint (see ``edgesam_core.merge.decoder_source_for``)."""
 
     @property
     def is_folder(self) -> bool:
@@ -407,7 +409,8 @@ def execute_plan(plan: SegmentPlan, progress: Progress | None = None) -> Segment
     from edgesam_core.inference.load import load_predictor
 
     checkpoint = fetch_checkpoint(plan)
-    predictor = load_predictor(checkpoint, model=plan.variant, device=plan.device)
+    options = {"decoder_source": plan.decoder_source} if plan.decoder_source is not None else {}
+    predictor = load_predictor(checkpoint, model=plan.variant, device=plan.device, **options)
     if plan.hq and not predictor.is_hq:
         raise ConfigError(f"--hq needs an HQ model, but {checkpoint.name} is not one")
     if plan.multimask and predictor.is_hq:

@@ -98,6 +98,7 @@ def build_sam(
     checkpoint: Optional[Union[PathLike, dict]] = None,
     device: Union[str, torch.device] = "cpu",
     upsample_mode: Optional[str] = None,
+    decoder_source: Any = None,
 ) -> Sam:
     """Build a registry model in eval mode.
 
@@ -106,6 +107,9 @@ def build_sam(
         checkpoint: a checkpoint path (any published format) or a state dict; loaded strictly.
         device: device to place the model on.
         upsample_mode: override the RepViT stage-3 upsampling (``"bicubic"`` default, ``"bilinear"``).
+        decoder_source: for an encoder-only (distillation step-1) checkpoint, the SAM checkpoint (path,
+            state dict, or a callable returning one) whose prompt encoder and mask decoder complete the
+            model; ignored for full checkpoints (see ``checkpoint.load_model_weights``).
 
     Raises:
         UnknownVariantError: ``model_type`` is not registered.
@@ -120,7 +124,7 @@ def build_sam(
     if checkpoint is not None:
         from .checkpoint import load_model_weights  # the checkpoint reader pulls in file-format handling
 
-        load_model_weights(model, checkpoint, spec.name)
+        load_model_weights(model, checkpoint, spec.name, decoder_source=decoder_source)
     return model.to(device).eval()
 
 

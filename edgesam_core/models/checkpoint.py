@@ -19,7 +19,7 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, CheckpointMismatchError
+from .layers.dyt import DynamicTanh
 
 Source = str | Path | Mapping[str, Any]
+# A decoder source may be deferred (e.g. a download) until a checkpoint turns out to be encoder-only.
+DecoderSource = Source | Callable[[], Source]
 
 ENCODER, PROMPT, DECODER = "image_encoder.", "prompt_encoder.", "mask_decoder."
 _ENCODER_ROOTS = ("features.", "neck.", "fuse_stage2.", "fuse_stage3.")
@@ -177,6 +180,34 @@ def is_encoder_only(keys: Iterable[str]) -> bool:
         k.startswith(_ENCODER_ROOTS) for k in keys)
 
 
+def encoder_only_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The unprefixed RepViT weights of an encoder-only file, or None for any other file.
+
+    Step-1 files come without the ``image_encoder.`` prefix (upstream) or with it but nothing else
+    (an encoder extracted from a full model); both count.
+    """
+    if is_encoder_only(state):
+        return dict(state)
+    if state and all(k.startswith(ENCODER) for k in state) and any(
+            k[len(ENCODER):].startswith(_ENCODER_ROOTS) for k in state):
+        return {k[len(ENCODER):]: v for k, v in state.items()}
+    return None
+
+
+def checkpoint_is_encoder_only(path: str | Path) -> bool:
+    """True when the file at ``path`` holds only RepViT image-encoder weights (a step-1 checkpoint).
+
+    Memory-maps the file where torch can, so peeking at a large full checkpoint costs little.
+    """
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+        obj = _load_file(path)  # legacy (non-zip) files cannot be memory-mapped; this reports real errors
+    state = extract_state_dict(obj, str(path))
+    return encoder_only_state(state) is not None and not is_imagenet_repvit(state)
+
+
 def is_imagenet_repvit(keys: Iterable[str]) -> bool:
     """True for RepViT's ImageNet classification weights (``features.*`` + ``classifier.*``)."""
     keys = list(keys)
@@ -185,6 +216,11 @@ def is_imagenet_repvit(keys: Iterable[str]) -> bool:
 
 def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
     """Best guess of the registry variant a full-model state dict was saved from (None if unknown)."""
+    encoder = encoder_only_state(state)
+    if encoder is not None and not is_imagenet_repvit(encoder):
+        # Step-1 file: the model it completes with SAM's decoder unchanged (LayerNorm), as upstream's
+        # convert_weights.py builds it: edge_sam (original layout) or edge_sam_dyt_frozen_mask (DyT neck).
+        state = {ENCODER + k: v for k, v in encoder.items()}
     keys = set(state)
     if any(k.startswith(_VIT_MARKERS) for k in keys):
         depth = 1 + max((int(k.split(".")[2]) for k in keys if k.startswith(ENCODER + "blocks.")), default=-1)
@@ -203,7 +239,9 @@ def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
     else:
         return None
     tokens = state.get(DECODER + "mask_tokens.weight")
-    if tokens is not None and tokens.ndim == 2 and tokens.shape[1] != 256:
+    neck = state.get(ENCODER + "neck.0.weight")
+    width = tokens.shape[-1] if tokens is not None else (neck.shape[0] if neck is not None else 256)
+    if width != 256:  # mask-token width (or, for an encoder-only file, the neck's output channels)
         name += "_debug"
     return name
 
@@ -286,12 +324,58 @@ def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], name: str
     module.load_state_dict(dict(state), strict=not allowed, assign=on_meta)
 
 
+def decoder_weights(model: nn.Module, source: Source, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """The ``prompt_encoder.*`` / ``mask_decoder.*`` weights of ``source`` fitted to ``model``.
+
+    ``source`` is typically SAM's checkpoint (any file holding those prefixed keys). SAM's LayerNorm
+    weight/bias go into the DyT layers of the same name; their ``alpha`` starts at the layer's own
+    ``alpha_init_value``, as :func:`~edgesam_core.models.layers.dyt.convert_ln_to_dyt` and the step-3
+    initialisation do. HQ-SAM's extra decoder modules are dropped for a non-HQ model.
+
+    Raises:
+        CheckpointError: unreadable source.
+        CheckpointMismatchError: the source has no decoder, or one of another width or kind.
+    """
+    name = f"decoder source {source}" if isinstance(source, (str, Path)) else "the decoder source"
+    parts = (PROMPT, DECODER)
+    donor = {k: v for k, v in read_checkpoint(source).items() if k.startswith(parts)}
+    if not donor:
+        raise CheckpointMismatchError(f"{name} holds no prompt_encoder./mask_decoder. weights; pass a SAM "
+                                      "checkpoint such as sam_vit_h_4b8939.pth with --decoder-from")
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(parts)}
+    for key, value in expected.items():
+        weight = key.removesuffix("alpha") + "weight"
+        if key.endswith(".alpha") and key not in donor and weight in donor:
+            layer = model.get_submodule(key.removesuffix(".alpha"))
+            if isinstance(layer, DynamicTanh):
+                donor[key] = torch.full(tuple(value.shape), float(layer.alpha_init_value), dtype=donor[weight].dtype)
+    hq_model = any(DECODER + m in k for k in expected for m in _HQ_MARKERS)
+    if not hq_model:
+        donor = {k: v for k, v in donor.items() if not any(DECODER + m in k for m in _HQ_MARKERS)}
+    missing, unexpected, mismatched = compare_state(expected, donor)
+    if not (missing or unexpected or mismatched):
+        return donor
+    found = [f"{len(missing)} missing keys ({_examples(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys ({_examples(unexpected)})" if unexpected else "",
+             f"{len(mismatched)} shape mismatches ({_examples(mismatched)})" if mismatched else ""]
+    if hq_model and any(DECODER + m in k for k in missing for m in _HQ_MARKERS):
+        hint = "an HQ model's decoder cannot come from SAM; load a full checkpoint of the HQ model instead"
+    elif mismatched:
+        hint = ("its decoder has another width; use SAM's vit_h weights for full-size models (the debug "
+                "models need a debug-size decoder)")
+    else:
+        hint = "pass a SAM checkpoint (sam_vit_h_4b8939.pth) or a full checkpoint of the same model family"
+    target = f"'{variant}'" if variant else "the model"
+    raise CheckpointMismatchError(f"{name} does not fit the prompt encoder / mask decoder of {target}: "
+                                  f"{'; '.join(p for p in found if p)}; {hint}")
+
+
 def load_model_weights(
     model: nn.Module,
     source: Source,
     variant: str | None = None,
     *,
-    decoder_source: Source | None = None,
+    decoder_source: DecoderSource | None = None,
     encoder_only_ok: bool = False,
 ) -> None:
     """Load a checkpoint into a full ``Sam`` strictly; never a partial load.
@@ -300,8 +384,10 @@ def load_model_weights(
         model: the model (``image_encoder`` / ``prompt_encoder`` / ``mask_decoder``); may live on ``meta``.
         source: checkpoint path (any published format) or a state dict.
         variant: the model's registry name, used in messages and diagnoses.
-        decoder_source: for an encoder-only (step-1) file, where the prompt encoder and mask decoder come
-            from, e.g. SAM's ``sam_vit_h_4b8939.pth`` (as upstream's ``convert_weights.py`` does).
+        decoder_source: used only when ``source`` is encoder-only (distillation step 1): where the prompt
+            encoder and mask decoder come from, e.g. SAM's ``sam_vit_h_4b8939.pth`` (what upstream's
+            ``convert_weights.py`` merges in); see :func:`decoder_weights`. A zero-argument callable is
+            called only then (e.g. to download SAM on demand).
         encoder_only_ok: load an encoder-only file into the image encoder and keep the model's own
             prompt encoder and decoder.
 
@@ -312,20 +398,22 @@ def load_model_weights(
     name = _describe(source)
     state = read_checkpoint(source)
     variant = variant or getattr(model, "variant", None)
-    if is_encoder_only(state):
-        if is_imagenet_repvit(state):
+    encoder = encoder_only_state(state)
+    if encoder is not None:
+        if is_imagenet_repvit(encoder):
             raise CheckpointMismatchError(
                 f"{name} is RepViT's ImageNet classifier, not a segmentation model; use it as the encoder "
                 "initialisation of distillation step 1 (load_image_encoder_weights), not with --checkpoint")
         if decoder_source is None and not encoder_only_ok:
             raise CheckpointMismatchError(
-                f"{name} is an encoder-only checkpoint (distillation step 1, {len(state)} keys without the "
-                "'image_encoder.' prefix); give a decoder source such as SAM's vit_h weights "
-                "(decoder_source=...) or load it with load_image_encoder_weights")
-        merged = {ENCODER + k: v for k, v in state.items()}
+                f"{name} is an encoder-only checkpoint (distillation step 1, {len(state)} image-encoder keys); "
+                "give the prompt encoder and mask decoder with --decoder-from SAM.pth (decoder_source=...), "
+                "merge them once with 'edgesam weights merge', or load it with load_image_encoder_weights")
+        merged = {ENCODER + k: v for k, v in encoder.items()}
         if decoder_source is not None:
-            donor = read_checkpoint(decoder_source)
-            merged.update({k: v for k, v in donor.items() if k.startswith((PROMPT, DECODER))})
+            if callable(decoder_source):
+                decoder_source = decoder_source()
+            merged.update(decoder_weights(model, decoder_source, variant))
         else:
             merged.update({k: v for k, v in model.state_dict().items() if k.startswith((PROMPT, DECODER))})
         state = merged

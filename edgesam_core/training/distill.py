@@ -151,13 +151,19 @@ class DistillRecipe:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
-        from edgesam_core.models import build_sam
+        from edgesam_core.models import build_sam, resolve_variant
 
         init = default_init(cfg)
         mode = cfg.teacher_embeddings if cfg.step in ("1", "2", "3", "joint") else "online"
         cache_dir = cfg.data.cache_dir or str(Path(cfg.out) / "teacher_cache")
+        spec = resolve_variant(cfg.model.student)  # upstream cache records are read in the student's shape
         self.teacher = Teacher(cfg.model.teacher, cfg.model.teacher_checkpoint, info.device, mode,
-                               cache_dir if Path(cache_dir).exists() else None)
+                               cache_dir if Path(cache_dir).exists() else None,
+                               embedding_shape=(spec.embed_dim, spec.embed_grid, spec.embed_grid))
+        if info.is_main and getattr(self.teacher.cache, "read_only", False):
+            self.progress.log(f"teacher embeddings: upstream cache {self.teacher.cache.directory} "
+                              f"({len(self.teacher.cache)} images); its teacher and preprocessing are not recorded "
+                              "there, so they cannot be checked against this run")
         # Every module (HQ ones included) exists and holds its initial weights before the optimizer is
         # built, so the optimizer steps the very Parameters the model uses (fix of upstream §9.17).
         student = build_sam(cfg.model.student, upsample_mode=cfg.model.upsample_mode)

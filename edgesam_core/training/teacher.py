@@ -42,12 +42,16 @@ class Teacher:
         checkpoint: teacher weights (SAM / HQ-SAM format, strictly loaded).
         device: where the teacher runs.
         embeddings: ``online`` (always run the ViT), ``cache`` (every image must be cached) or ``auto``.
-        cache_dir: step-0 cache folder, or None.
+        cache_dir: step-0 cache folder (edgesam's format, or one written by upstream's ``save_embedding.py``,
+            recognised by its ``rank<r>-keys.txt`` files), or None.
         keep_encoder: build the ViT encoder even in ``cache`` mode (step 0 needs it).
+        embedding_shape: ``CxHxW`` of the embeddings the student learns (upstream records are read in this
+            shape); default: the teacher's own.
     """
 
     def __init__(self, variant: str, checkpoint: str | Path, device: torch.device, embeddings: str = "auto",
-                 cache_dir: str | Path | None = None, keep_encoder: bool = False) -> None:
+                 cache_dir: str | Path | None = None, keep_encoder: bool = False,
+                 embedding_shape: tuple[int, int, int] | None = None) -> None:
         from edgesam_core.models import build_sam
 
         if checkpoint is None:
@@ -59,10 +63,17 @@ class Teacher:
         self.mode = embeddings
         self.sam = build_sam(variant, checkpoint=checkpoint, device="cpu")
         self._img_size = int(self.sam.img_size)
-        self.cache = None
+        self.cache: Any = None
         if cache_dir is not None and embeddings != "online":
-            # Hashing a 2.5 GB checkpoint takes seconds: only done when a cache is involved.
-            self.cache = _open_cache(cache_dir, variant, file_fingerprint(checkpoint), self._img_size)
+            from edgesam_core.data.upstream_teacher_cache import UpstreamTeacherCache, find_upstream_cache
+
+            if find_upstream_cache(cache_dir) is not None:
+                pe = self.sam.prompt_encoder
+                shape = embedding_shape or (int(pe.embed_dim), *map(int, pe.image_embedding_size))
+                self.cache = UpstreamTeacherCache(cache_dir, shape)
+            else:
+                # Hashing a 2.5 GB checkpoint takes seconds: only done when a cache is involved.
+                self.cache = _open_cache(cache_dir, variant, file_fingerprint(checkpoint), self._img_size)
         if embeddings == "cache" and not keep_encoder:
             # Cached embeddings make the ViT (most of the teacher's memory) unnecessary.
             self.sam.image_encoder = nn.Identity()
