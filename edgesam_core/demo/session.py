@@ -189,12 +189,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _stability(low_res: np.ndarray) -> np.ndarray:
-    import torch
+    from edgesam_core.inference.segment_job import stability_of
 
-    from edgesam_core.inference.amg import calculate_stability_score
-
-    scores = calculate_stability_score(torch.as_tensor(np.asarray(low_res, dtype=np.float32)), 0.0, 1.0)
-    return scores.numpy().astype(np.float32)
+    return stability_of(np.asarray(low_res, dtype=np.float32))
 
 
 def _best(scores: np.ndarray) -> int:
@@ -373,10 +370,9 @@ class DemoSession:
         if box is not None:
             result = self.predictor.predict(**kwargs, num_multimask_outputs=1)
             return [result.masks[0]], _stability(result.low_res_logits), result.scores, "single"
-        result = self.predictor.predict(**kwargs, num_multimask_outputs=4)
-        stability = _stability(result.low_res_logits)
-        best = _best(stability)
-        return [result.masks[best]], stability[best:best + 1], result.scores[best:best + 1], "best-of-4"
+        # The predictor picks the most stable of the 4 on the low-res logits and upscales only that one.
+        result = self.predictor.predict(**kwargs, num_multimask_outputs=4, best_only=True)
+        return [result.masks[0]], _stability(result.low_res_logits), result.scores, "best-of-4"
 
     # -- everything -------------------------------------------------------------------------------------
 

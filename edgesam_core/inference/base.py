@@ -83,8 +83,13 @@ class Predictor(Protocol):
         return_logits: bool = False,
         use_stability_score: bool = False,
         return_sam_masks: bool = False,
+        best_only: bool = False,
     ) -> Prediction:
-        """Predict masks for one set of prompts on the current image."""
+        """Predict masks for one set of prompts on the current image.
+
+        ``best_only=True`` keeps only the candidate whose low-resolution logits have the highest stability
+        score (an empty mask's NaN never wins) and upscales only that one: EdgeSAM's rule for a click.
+        """
 
     def reset_image(self) -> None:
         """Forget the current image."""

@@ -86,11 +86,21 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
                       original_size: tuple[int, int]) -> np.ndarray:
-    """Logits ``Cxhxw`` -> ``CxHxW`` in the original frame (as ``Sam.postprocess_masks``)."""
-    if low_res.shape[-1] != img_size:
-        low_res = resize_bilinear(low_res, img_size, img_size)
-    cropped = low_res[..., : input_size[0], : input_size[1]]
-    return resize_bilinear(cropped, int(original_size[0]), int(original_size[1]))
+    """Logits ``Cxhxw`` -> ``CxHxW`` in the original frame (as ``Sam.postprocess_masks``).
+
+    Uses torch's bilinear kernel (torch is a core dependency): the masks are PyTorch's bit for bit, and it
+    is about 3x faster than the numpy twin, which matters for the per-click latency of the ONNX backends.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32))[None]
+        if x.shape[-1] != img_size:
+            x = F.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=False)
+        x = x[..., : input_size[0], : input_size[1]]
+        x = F.interpolate(x, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+        return x[0].numpy()
 
 
 def stability_score(logits: np.ndarray, threshold: float = MASK_THRESHOLD, offset: float = 1.0) -> np.ndarray:
@@ -180,6 +190,7 @@ class OnnxSamPredictor:
         return_logits: bool = False,
         use_stability_score: bool = False,
         return_sam_masks: bool = False,
+        best_only: bool = False,
     ) -> Prediction:
         """Predict masks for one prompt set; arguments and result as ``SamPredictor.predict``.
 
@@ -225,8 +236,13 @@ class OnnxSamPredictor:
         low_res_side = 4 * int(self.features[0].shape[-1])
         # Graphs exported with --upsample return SxS logits; bring them back to the low-res grid.
         low_res = logits if logits.shape[-1] == low_res_side else resize_bilinear(logits, low_res_side, low_res_side)
-        if use_stability_score:
-            scores = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+        if use_stability_score or best_only:
+            stability = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+            if use_stability_score:
+                scores = stability
+            if best_only and len(scores) > 1:
+                keep = int(np.argmax(np.nan_to_num(stability, nan=-1.0)))
+                scores, logits, low_res = scores[keep:keep + 1], logits[keep:keep + 1], low_res[keep:keep + 1]
         masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.mask_threshold

@@ -135,6 +135,8 @@ class SamPredictor:
         self.input_size = (int(shape[2]), int(shape[3]))
         pixels = self.model.preprocess(transformed_image.to(self.device).float())
         self.features = self.model.encode_image(pixels)
+        # The dense positional encoding depends only on the model: computed once per image, not per click.
+        self.dense_pe = self.model.prompt_encoder.get_dense_pe()
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -146,6 +148,7 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: Any = None
+        self.dense_pe: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -166,6 +169,7 @@ class SamPredictor:
         return_logits: bool = False,
         use_stability_score: bool = False,
         return_sam_masks: bool = False,
+        best_only: bool = False,
     ) -> Prediction:
         """Predict masks for one set of prompts on the current image.
 
@@ -183,6 +187,9 @@ class SamPredictor:
                 (offset 1.0, threshold ``model.mask_threshold``). EdgeSAM's IoU head was not distilled,
                 so upstream recommends stability scores to rank masks.
             return_sam_masks: HQ models only: also return SAM's token-0 mask as a fourth element.
+            best_only: keep only the candidate with the highest stability score of its low-res logits
+                (NaN, an empty mask, never wins) and upscale only that one (C = 1): EdgeSAM's click rule,
+                without paying for the upscaling of the others.
 
         Returns:
             :class:`Prediction` ``(masks CxHxW, scores C float32, low_res_logits Cx256x256 float32)``.
@@ -214,7 +221,7 @@ class SamPredictor:
             mask_t = torch.as_tensor(mask_arr, device=self.device)[None]
 
         out = self._run(coords_t, labels_t, box_t, mask_t, resolve_num_outputs(num_multimask_outputs, multimask_output),
-                        return_logits, use_stability_score, want_sam=return_sam_masks)
+                        return_logits, use_stability_score, want_sam=return_sam_masks, best_only=best_only)
         masks, scores, low_res, sam_masks, low_res_sam = out
 
         def to_np(t: torch.Tensor | None) -> np.ndarray | None:
@@ -275,6 +282,7 @@ class SamPredictor:
         return_logits: bool,
         use_stability_score: bool,
         want_sam: bool = False,
+        best_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         features = self.features
         interm = None
@@ -285,7 +293,7 @@ class SamPredictor:
                                                   masks=None if mask_input is None else mask_input.float())
         outs = self.model.mask_decoder(
             image_embeddings=features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self.dense_pe if self.dense_pe is not None else self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             num_multimask_outputs=num_outputs,
@@ -295,8 +303,14 @@ class SamPredictor:
             low_res, low_res_sam, scores = outs
         else:
             (low_res, scores), low_res_sam = outs, None
-        if use_stability_score:
-            scores = calculate_stability_score(low_res, self.model.mask_threshold, self.stability_score_offset)
+        if use_stability_score or best_only:
+            stability = calculate_stability_score(low_res, self.model.mask_threshold, self.stability_score_offset)
+            if use_stability_score:
+                scores = stability
+            if best_only and low_res.shape[1] > 1:
+                keep = torch.nan_to_num(stability.float(), nan=-1.0).argmax(dim=1, keepdim=True)
+                low_res = low_res.gather(1, keep[:, :, None, None].expand(-1, -1, *low_res.shape[-2:]))
+                scores = scores.gather(1, keep)
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         sam_masks = None
         if want_sam and low_res_sam is not None:

@@ -70,7 +70,8 @@ class SegmentReport:
 # -- prediction -----------------------------------------------------------------------------------------
 
 
-def _stability(low_res: np.ndarray) -> np.ndarray:
+def stability_of(low_res: np.ndarray) -> np.ndarray:
+    """Stability scores (offset 1, threshold 0) of ``Cxhxw`` low-res logits; NaN for an empty mask."""
     import torch
 
     from edgesam_core.inference.amg import calculate_stability_score
@@ -97,11 +98,11 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
             count = 3
         else:
             count, pick_best = 4, True
+        # best_only: the predictor picks by stability on the low-res logits and upscales only that mask.
         masks, iou, low_res = predictor.predict(point_coords=coords, point_labels=labels, box=box,
-                                                num_multimask_outputs=count)[:3]
-        stability = _stability(low_res)
-        order = [int(np.argmax(np.nan_to_num(stability, nan=-1.0)))] if pick_best else range(len(masks))
-        for i in order:
+                                                num_multimask_outputs=count, best_only=pick_best)[:3]
+        stability = stability_of(low_res)
+        for i in range(len(masks)):
             results.append(MaskResult(np.asarray(masks[i], dtype=bool), float(np.nan_to_num(stability[i])),
                                       float(iou[i]), prompt))
     return results

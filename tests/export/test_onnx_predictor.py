@@ -57,6 +57,8 @@ def test_onnx_predictor_matches_torch_predictor(request, fixture):
             out = _compare(torch_pred, onnx_pred, num_multimask_outputs=n, **prompt)
             assert out.masks.shape == ((1 if model.is_hq else n), *IMAGE_HW)
         _compare(torch_pred, onnx_pred, use_stability_score=True, **prompt)
+        best = _compare(torch_pred, onnx_pred, num_multimask_outputs=4, best_only=True, **prompt)
+        assert best.masks.shape == (1, *IMAGE_HW)
 
 
 def test_predictor_finds_pairs_and_rejects_unsupported_options(dyt_debug_export, tmp_path):

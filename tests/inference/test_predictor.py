@@ -177,3 +177,41 @@ def test_parity_with_reference_pipeline(debug_model, photo_factory, reference_pi
     np.testing.assert_allclose(ours.masks, ref_logits, atol=1e-5, rtol=0)
     binary = p.predict(point_coords=POINTS, point_labels=LABELS, box=box, num_multimask_outputs=4).masks
     np.testing.assert_array_equal(binary, ref_logits > 0)
+
+
+def test_best_only_keeps_the_most_stable_candidate_and_caches_the_dense_pe(debug_model, small_image):
+    # Perturbed decoder weights so the four candidates differ (fresh decoders give near-identical ones).
+    model = build_perturbed(debug_model, spread=0.5)
+    predictor = SamPredictor(model)
+    predictor.set_image(small_image)
+    assert torch.equal(predictor.dense_pe, model.prompt_encoder.get_dense_pe())
+    chosen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        point = rng.uniform([0, 0], [120, 90], size=(1, 2))
+        prompt = {"point_coords": point, "point_labels": np.array([1])}
+        full = predictor.predict(**prompt, num_multimask_outputs=4, use_stability_score=True)
+        ious = predictor.predict(**prompt, num_multimask_outputs=4).scores
+        keep = int(np.argmax(np.nan_to_num(full.scores, nan=-1.0)))
+        chosen.add(keep)
+        best = predictor.predict(**prompt, num_multimask_outputs=4, best_only=True)
+        assert best.masks.shape == (1, 90, 120)
+        np.testing.assert_array_equal(best.masks[0], full.masks[keep])
+        np.testing.assert_array_equal(best.low_res_logits[0], full.low_res_logits[keep])
+        assert best.scores[0] == pytest.approx(ious[keep], abs=1e-6)
+        stable = predictor.predict(**prompt, num_multimask_outputs=4, best_only=True, use_stability_score=True)
+        assert stable.scores[0] == pytest.approx(full.scores[keep], abs=1e-6)
+    # Some prompt must pick a candidate other than the first, or keeping index 0 would pass unnoticed.
+    assert chosen - {0}, "every prompt picked candidate 0: the test would not see a wrong index"
+
+
+def build_perturbed(model, spread: float = 0.2):
+    """A copy of ``model`` whose prompt encoder and decoder weights carry seeded noise."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in list(clone.prompt_encoder.parameters()) + list(clone.mask_decoder.parameters()):
+            param.add_(torch.randn(param.shape, generator=generator) * spread)
+    return clone
