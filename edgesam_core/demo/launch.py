@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesam_core.demo.session import DemoLimits, DemoSession
-from edgesam_core.errors import ConfigError, InputError
+from edgesam_core.errors import ConfigError
 from edgesam_core.progress import NullProgress, Progress
-
-_TORCH_SUFFIXES = (".pth", ".pt")
 
 
 @dataclass
@@ -41,19 +39,10 @@ def plan_demo(checkpoint: Path | None = None, model: str | None = None, hq: bool
         InputError: the checkpoint does not exist. UnknownVariantError / ConfigError: bad ``model``/``hq``.
         MissingDependencyError: the device is not available.
     """
-    from edgesam_core.inference.load import resolve_device
-    from edgesam_core.inference.segment_job import resolve_variant
+    from edgesam_core.inference.segment_job import resolve_model_source
 
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise InputError(f"Checkpoint not found: {checkpoint}")
-    is_torch = checkpoint is None or Path(checkpoint).suffix.lower() in _TORCH_SUFFIXES
-    if is_torch and (model is not None or checkpoint is None):
-        variant: str | None = resolve_variant(model, hq)
-    else:
-        variant = model  # recognised from the checkpoint, or defined by the exported graphs
-    if is_torch:
-        device = resolve_device(device)
-    return DemoPlan(None if checkpoint is None else Path(checkpoint), variant, device, hq)
+    checkpoint, variant, device, _ = resolve_model_source(checkpoint, model, hq, device)
+    return DemoPlan(checkpoint, variant, device, hq)
 
 
 def fetch_weights(plan: DemoPlan, progress: Progress | None = None) -> Path:

@@ -377,6 +377,24 @@ def plan_segment(
         check_prompts_fit(prompts, image.shape[1], image.shape[0], source.name)
     else:
         list_images(source)
+    checkpoint, variant, device, is_torch = resolve_model_source(checkpoint, model, hq, device)
+    if multimask and variant is not None and is_torch and variant_is_hq(variant):
+        raise ConfigError("HQ models predict one mask per prompt; drop --multimask")
+    prepare_out_dir(out_dir)
+    return SegmentPlan(source, prompts, Path(out_dir), variant, checkpoint, device, hq, multimask)
+
+
+def resolve_model_source(checkpoint: Path | None, model: str | None, hq: bool,
+                         device: str) -> tuple[Path | None, str | None, str, bool]:
+    """Check the model a command will load, before any download: ``(checkpoint, variant, device, is_torch)``.
+
+    ``variant`` is resolved from ``model``/``hq`` for PyTorch weights (None: recognised from the checkpoint
+    later); exported artifacts define their own model. The device is checked only for PyTorch weights.
+
+    Raises:
+        InputError: the checkpoint does not exist. UnknownVariantError / ConfigError: bad ``model``/``hq``.
+        MissingDependencyError: the device is not available.
+    """
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"Checkpoint not found: {checkpoint}")
     is_torch = checkpoint is None or Path(checkpoint).suffix.lower() in _TORCH_SUFFIXES
@@ -384,15 +402,11 @@ def plan_segment(
         variant: str | None = resolve_variant(model, hq)
     else:
         variant = model  # recognised from the checkpoint (PyTorch) or defined by the exported graphs
-    if multimask and variant is not None and is_torch and variant_is_hq(variant):
-        raise ConfigError("HQ models predict one mask per prompt; drop --multimask")
     if is_torch:
         from edgesam_core.inference.load import resolve_device
 
         device = resolve_device(device)  # before any download: a missing GPU is reported first
-    prepare_out_dir(out_dir)
-    return SegmentPlan(source, prompts, Path(out_dir), variant, None if checkpoint is None else Path(checkpoint),
-                       device, hq, multimask)
+    return (None if checkpoint is None else Path(checkpoint)), variant, device, is_torch
 
 
 def fetch_checkpoint(plan: SegmentPlan, progress: Progress | None = None) -> Path:

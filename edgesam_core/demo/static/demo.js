@@ -178,14 +178,27 @@
     segment();
   }
 
+  // Runs one server call with the busy flag and status set; errors go to the message line.
+  async function whileBusy(work) {
+    state.busy = true;
+    setStatus("busy");
+    try {
+      await work();
+      setStatus("ready");
+    } catch (err) {
+      showMessage(err.message, "error");
+      setStatus("error");
+    } finally {
+      state.busy = false;
+    }
+  }
+
   async function segment() {
     if (!state.imageId) return;
     if (!state.points.length && !state.box) { state.result = null; render(); return; }
     if (state.busy) { state.pending = true; return; }
-    state.busy = true;
-    setStatus("busy");
     const started = performance.now();
-    try {
+    await whileBusy(async () => {
       const answer = await postJson("/api/segment", {
         image_id: state.imageId, points: state.points, labels: state.labels, box: state.box,
         multimask: !$("multimask-label").hidden && $("multimask").checked,
@@ -197,33 +210,19 @@
       $("timing").textContent = "decoder " + answer.decode_ms.toFixed(1) + " ms · round trip " +
         (performance.now() - started).toFixed(0) + " ms";
       showMessage("");
-      setStatus("ready");
-    } catch (err) {
-      showMessage(err.message, "error");
-      setStatus("error");
-    } finally {
-      state.busy = false;
-    }
+    });
     if (state.pending) { state.pending = false; segment(); }
   }
 
   async function everything() {
     if (!state.imageId || state.busy) return;
-    state.busy = true;
-    setStatus("busy");
     showMessage("Segmenting everything…");
-    try {
+    await whileBusy(async () => {
       const answer = await postJson("/api/everything", { image_id: state.imageId });
       Object.assign(state, { points: [], labels: [], box: null, result: null, everything: answer });
       await render();
       showMessage(answer.count + " masks in " + (answer.ms / 1000).toFixed(1) + " s");
-      setStatus("ready");
-    } catch (err) {
-      showMessage(err.message, "error");
-      setStatus("error");
-    } finally {
-      state.busy = false;
-    }
+    });
   }
 
   // -- drawing --------------------------------------------------------------------------------------------
