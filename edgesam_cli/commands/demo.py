@@ -23,7 +23,7 @@ EXAMPLES = """
     "Upload an image (encoded once), then left-click for a foreground point, right-click or Shift+click for "
     "a background point, drag for a box; every prompt runs only the mask decoder. The page shows the mask "
     "and its stability score, cycles multimask candidates, toggles HQ vs SAM masks (HQ checkpoints), runs "
-    "'Everything' (PyTorch checkpoints) and downloads the mask as PNG or JSON (COCO RLE). The server "
+    "'Everything' (every backend) and downloads the mask as PNG or JSON (COCO RLE). The server "
     "listens on 127.0.0.1 only unless --host says otherwise; it has no authentication.\n"
 )
 

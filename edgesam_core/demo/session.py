@@ -253,10 +253,8 @@ class DemoSession:
 
     @property
     def can_segment_everything(self) -> bool:
-        """True when the automatic mask generator can run (it needs the PyTorch predictor)."""
-        from edgesam_core.inference.predictor import SamPredictor
-
-        return isinstance(self.predictor, SamPredictor)
+        """True when the automatic mask generator can run (every backend with ``predict_torch``)."""
+        return hasattr(self.predictor, "predict_torch")
 
     def info(self) -> dict[str, Any]:
         """What ``/api/info`` returns: model name, capabilities and limits."""
@@ -377,7 +375,7 @@ class DemoSession:
     # -- everything -------------------------------------------------------------------------------------
 
     def everything(self, image_id: Any) -> dict[str, Any]:
-        """Segment the whole image with the automatic mask generator (PyTorch backend only).
+        """Segment the whole image with the automatic mask generator.
 
         Returns:
             ``{"image_id", "count", "overlay" (RGBA PNG data URL, one colour per mask), "masks": [{"area",
@@ -387,7 +385,7 @@ class DemoSession:
         from edgesam_core.inference.segment_job import predict_everything
 
         if not self.can_segment_everything:
-            raise DemoRequestError("'Everything' needs a PyTorch checkpoint (.pth); exported models take prompts only")
+            raise DemoRequestError("'Everything' needs a predictor with predict_torch; this backend takes prompts only")
         start = time.perf_counter()
         with self._lock:
             stored = self._get(image_id)

@@ -46,7 +46,8 @@ class SamAutomaticMaskGenerator:
     """Generate masks for a whole image from a grid of point prompts.
 
     Args:
-        model: a ``Sam`` model or a :class:`SamPredictor` wrapping one.
+        model: a ``Sam`` model, or a predictor with ``set_image`` and ``predict_torch``: the PyTorch
+            :class:`SamPredictor` or an exported backend's (ONNX, TFLite, TensorRT).
         points_per_side: grid points per image side (``points_per_side**2`` prompts); None requires
             ``point_grids``.
         points_per_batch: prompts decoded per decoder call.
@@ -108,7 +109,8 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
         resolve_num_outputs(num_multimask_outputs, None)  # validates the count
 
-        self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+        is_predictor = hasattr(model, "predict_torch") and hasattr(model, "set_image")
+        self.predictor = model if is_predictor else SamPredictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -192,7 +194,7 @@ class SamAutomaticMaskGenerator:
     def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
                        orig_size: tuple[int, int]) -> MaskData:
         orig_h, orig_w = orig_size
-        device = self.predictor.device
+        device = getattr(self.predictor, "device", "cpu")  # exported backends take CPU tensors
         in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size),
                                     dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
@@ -213,7 +215,7 @@ class SamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             # NaN scores (all-background logits) compare False and are dropped, as upstream.
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
-        threshold = self.predictor.model.mask_threshold
+        threshold = self.predictor.mask_threshold
         data["stability_score"] = calculate_stability_score(data["masks"], threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)

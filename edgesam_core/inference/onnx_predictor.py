@@ -201,29 +201,99 @@ class OnnxSamPredictor:
         from edgesam_core.inference.predictor import _check_points, resolve_num_outputs
 
         self._require_image()
+        self._reject_unsupported(mask_input, return_sam_masks)
+        num_outputs = resolve_num_outputs(num_multimask_outputs, multimask_output)
+        coords = labels = box_in = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = _check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(coords, self.original_size)
+        if box is not None:
+            box_arr = np.asarray(box, dtype=np.float64)
+            if box_arr.size != 4 or not np.all(np.isfinite(box_arr)):
+                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1; got shape {box_arr.shape}")
+            box_in = self.transform.apply_boxes(box_arr.reshape(1, 4), self.original_size).reshape(4)
+        scores, logits, low_res = self._decode(coords, labels, box_in, num_outputs)
+        if use_stability_score or best_only:
+            stability = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+            if use_stability_score:
+                scores = stability
+            if best_only and len(scores) > 1:
+                keep = int(np.argmax(np.nan_to_num(stability, nan=-1.0)))
+                scores, logits, low_res = scores[keep:keep + 1], logits[keep:keep + 1], low_res[keep:keep + 1]
+        masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return Prediction(masks, scores, low_res)
+
+    def predict_torch(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        num_multimask_outputs: int | None = None,
+        multimask_output: bool | None = None,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+        return_sam_masks: bool = False,
+    ) -> tuple[Any, ...]:
+        """``SamPredictor.predict_torch`` for exported graphs: B prompt sets already in the model-input frame.
+
+        The graphs take one prompt set per call, so row ``b`` is one decoder run; the results are stacked
+        into torch tensors ``(masks BxCxHxW, scores BxC, low_res_logits BxCxhxw)``. This is what lets the
+        automatic mask generator ("segment everything") run on ONNX, TFLite and TensorRT models.
+        """
+        import torch
+
+        from edgesam_core.inference.amg import calculate_stability_score
+        from edgesam_core.inference.predictor import resolve_num_outputs
+
+        self._require_image()
+        self._reject_unsupported(mask_input, return_sam_masks)
+        num_outputs = resolve_num_outputs(num_multimask_outputs, multimask_output)
+        rows = point_coords.shape[0] if point_coords is not None else boxes.shape[0] if boxes is not None else 0
+        if rows == 0:
+            raise ValueError("predict_torch needs point_coords (BxNx2) or boxes (Bx4)")
+
+        def row(t: Any, b: int) -> np.ndarray | None:
+            return None if t is None else t[b].detach().cpu().numpy().astype(np.float64)
+
+        decoded = [self._decode(row(point_coords, b), row(point_labels, b), row(boxes, b), num_outputs)
+                   for b in range(rows)]
+        scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
+        low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
+        if use_stability_score:
+            scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+        masks = torch.from_numpy(np.stack([
+            postprocess_masks(d[1], self.img_size, self.input_size, self.original_size) for d in decoded]))
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, scores, low_res
+
+    @staticmethod
+    def _reject_unsupported(mask_input: Any, return_sam_masks: bool) -> None:
         if mask_input is not None:
             raise InputError("The ONNX decoder has no mask input: drop mask_input or use the PyTorch checkpoint")
         if return_sam_masks:
             raise InputError("ONNX HQ decoders return only the HQ mask: drop return_sam_masks or use the checkpoint")
-        num_outputs = resolve_num_outputs(num_multimask_outputs, multimask_output)
+
+    def _decode(self, coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None,
+                num_outputs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder run on prompts already in the model-input frame: ``(scores C, logits C, low_res C)``.
+
+        ``logits`` is what the graph returned (low-res, or input-size with ``--upsample``); ``low_res`` is
+        always the ``4*grid`` square grid.
+        """
         feed: dict[str, np.ndarray] = {"image_embeddings": self.features[0]}
-        if point_coords is not None or point_labels is not None:
-            coords, labels = _check_points(point_coords, point_labels)
-            feed["point_coords"] = self.transform.apply_coords(coords, self.original_size)[None].astype(np.float32)
-            feed["point_labels"] = labels[None].astype(np.float32)
+        if coords is not None:
+            feed["point_coords"] = np.asarray(coords, np.float32).reshape(1, -1, 2)
+            feed["point_labels"] = np.asarray(labels, np.float32).reshape(1, -1)
             feed["point_valid"] = np.ones((1, 1), bool)
         else:
             feed["point_coords"] = np.zeros((1, 1, 2), np.float32)
             feed["point_labels"] = -np.ones((1, 1), np.float32)
             feed["point_valid"] = np.zeros((1, 1), bool)
-        if box is not None:
-            box_arr = np.asarray(box, dtype=np.float64)
-            if box_arr.size != 4 or not np.all(np.isfinite(box_arr)):
-                raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1; got shape {box_arr.shape}")
-            feed["boxes"] = self.transform.apply_boxes(box_arr.reshape(1, 4), self.original_size).reshape(
-                1, 1, 4).astype(np.float32)
-        else:
-            feed["boxes"] = np.zeros((1, 1, 4), np.float32)
+        feed["boxes"] = (np.zeros(4, np.float32) if box is None else np.asarray(box, np.float32)).reshape(1, 1, 4)
         feed["boxes_valid"] = np.array([[box is not None]])
         for i, arr in enumerate(self.features[1:]):
             feed[f"interm_embeddings_{i}"] = arr
@@ -236,17 +306,7 @@ class OnnxSamPredictor:
         low_res_side = 4 * int(self.features[0].shape[-1])
         # Graphs exported with --upsample return SxS logits; bring them back to the low-res grid.
         low_res = logits if logits.shape[-1] == low_res_side else resize_bilinear(logits, low_res_side, low_res_side)
-        if use_stability_score or best_only:
-            stability = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
-            if use_stability_score:
-                scores = stability
-            if best_only and len(scores) > 1:
-                keep = int(np.argmax(np.nan_to_num(stability, nan=-1.0)))
-                scores, logits, low_res = scores[keep:keep + 1], logits[keep:keep + 1], low_res[keep:keep + 1]
-        masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.mask_threshold
-        return Prediction(masks, scores, low_res)
+        return scores, logits, low_res
 
 
 def load_onnx_predictor(path: str | Path, model: str | None = None, device: str = "cpu",

@@ -81,6 +81,11 @@ class SamPredictor:
         return self.model.pixel_mean.device
 
     @property
+    def mask_threshold(self) -> float:
+        """Logit threshold of a mask pixel (the model's, 0.0)."""
+        return float(self.model.mask_threshold)
+
+    @property
     def is_hq(self) -> bool:
         """True for HQ models, which predict one HQ mask per prompt."""
         return bool(getattr(self.model, "is_hq", False))

@@ -113,10 +113,6 @@ def predict_everything(predictor: Any, image: np.ndarray, **generator_options: A
     from edgesam_core.inference.automatic_mask_generator import (
         SamAutomaticMaskGenerator,
     )
-    from edgesam_core.inference.predictor import SamPredictor
-
-    if not isinstance(predictor, SamPredictor):
-        raise InputError("--everything needs a PyTorch checkpoint (.pth/.pt); exported models support prompts only")
     generator = SamAutomaticMaskGenerator(predictor, output_mode="binary_mask", **generator_options)
     records = sorted(generator.generate(image), key=lambda r: -r["area"])
     return [MaskResult(r["segmentation"], r["stability_score"], r["predicted_iou"],

@@ -120,3 +120,68 @@ def test_decoder_with_upstreams_extra_masks_sam_output(hq_debug_export, tmp_path
         a, b = ours.predict(**prompt, return_logits=True), ko.predict(**prompt, return_logits=True)
         np.testing.assert_array_equal(a.masks, b.masks)
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.fixture(scope="module")
+def perturbed_export(tmp_path_factory):
+    """edge_sam_dyt_debug with seeded noise on the prompt encoder/decoder (so masks vary), exported."""
+    import torch
+
+    from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("edge_sam_dyt_debug").eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
+            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    out = tmp_path_factory.mktemp("perturbed")
+    result = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=out, name="p"), model=model)
+    return model, result
+
+
+def test_predict_torch_batches_match_the_pytorch_predictor(perturbed_export):
+    import torch
+
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    model, result = perturbed_export
+    torch_pred, onnx_pred = SamPredictor(model), OnnxSamPredictor(result.files["encoder"])
+    image = _image()
+    torch_pred.set_image(image)
+    onnx_pred.set_image(image)
+    points = torch.tensor([[[10.0, 20.0]], [[60.0, 40.0]], [[100.0, 90.0]]])
+    labels = torch.ones(3, 1, dtype=torch.int)
+    boxes = torch.tensor([[5.0, 5.0, 60.0, 50.0], [30.0, 10.0, 120.0, 100.0], [0.0, 0.0, 127.0, 95.0]])
+    for kwargs in ({"point_coords": points, "point_labels": labels}, {"boxes": boxes},
+                   {"point_coords": points, "point_labels": labels, "boxes": boxes}):
+        for n in (1, 3):
+            a = torch_pred.predict_torch(**kwargs, num_multimask_outputs=n, return_logits=True,
+                                         use_stability_score=True)
+            b = onnx_pred.predict_torch(**kwargs, num_multimask_outputs=n, return_logits=True,
+                                        use_stability_score=True)
+            assert b[0].shape == a[0].shape == (3, n, *IMAGE_HW)
+            # Perturbed weights give logits of magnitude ~50: float32 noise is relative to that.
+            for x, y in ((a[0], b[0]), (a[2], b[2])):
+                assert (x - y).abs().max().item() < 1e-4 * max(1.0, x.abs().max().item())
+            assert torch.allclose(a[1], b[1], atol=1e-3, equal_nan=True)
+
+
+def test_segment_everything_runs_on_the_onnx_pair(perturbed_export):
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.inference.automatic_mask_generator import SamAutomaticMaskGenerator
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    model, result = perturbed_export
+    image = _image()
+    options = {"points_per_side": 6, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.6}
+    reference = SamAutomaticMaskGenerator(SamPredictor(model), **options).generate(image)
+    exported = SamAutomaticMaskGenerator(OnnxSamPredictor(result.files["encoder"]), **options).generate(image)
+    assert len(reference) > 0, "the test needs masks to compare"
+    assert len(exported) == len(reference)
+    for a, b in zip(sorted(reference, key=lambda r: r["bbox"]), sorted(exported, key=lambda r: r["bbox"])):
+        inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
+        union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
+        assert inter / union > 0.99

@@ -83,7 +83,7 @@
     $("hq").disabled = !info.hq_toggle;
     if (info.is_hq && !info.hq_toggle) $("hq-label").title = "This backend returns only the HQ mask";
     $("everything").disabled = !info.everything;
-    if (!info.everything) $("everything").title = "Needs a PyTorch checkpoint";
+    if (!info.everything) $("everything").title = "This backend takes prompts only";
     setStatus("idle");
   }
 
