@@ -1,9 +1,9 @@
 """``OnnxSamPredictor``: the ``SamPredictor`` API on top of exported ONNX graphs (fp32 or int8).
 
-Pre- and post-processing are the PyTorch predictor's, written in numpy so this backend never imports
-torch: PIL-bilinear resize of the longest side, normalisation with SAM's pixel statistics, zero padding;
-logits upscaled bilinearly (align_corners=False) to the model input, cropped to the resized image and
-resized to the original size. Give it ``X_encoder.onnx``; the decoder is ``X_decoder.onnx`` beside it.
+Pre- and post-processing are the PyTorch predictor's: PIL-bilinear resize of the longest side,
+normalisation with SAM's pixel statistics and zero padding in numpy; logits upscaled with torch's bilinear
+kernel (align_corners=False) to the model input, cropped to the resized image and resized to the original
+size, so masks equal PyTorch's. Give it ``X_encoder.onnx``; the decoder is ``X_decoder.onnx`` beside it.
 """
 
 from __future__ import annotations
