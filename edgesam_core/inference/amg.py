@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edgesam_core.deps import require
+from edgesam_core.models.sam import stability_score
 
 _Column = list | np.ndarray | torch.Tensor
 
@@ -99,20 +100,8 @@ def batch_iterator(batch_size: int, *arrays: Sequence[Any]) -> Iterator[list[Any
 
 
 def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
-    """IoU between the masks binarised at ``threshold + offset`` and at ``threshold - offset``.
-
-    Args:
-        masks: ``...xHxW`` mask logits.
-        mask_threshold: the model's binarisation threshold (0.0).
-        threshold_offset: how far to move the threshold each way (1.0 in EdgeSAM and SAM).
-
-    Returns:
-        ``...`` float32 scores in [0, 1]; the high-threshold mask is always inside the low-threshold one,
-        so the IoU is a ratio of pixel counts. An all-background mask gives NaN (0/0), as upstream.
-    """
-    high = (masks > (mask_threshold + threshold_offset)).sum(dim=(-1, -2), dtype=torch.int32)
-    low = (masks > (mask_threshold - threshold_offset)).sum(dim=(-1, -2), dtype=torch.int32)
-    return high.float() / low.float()
+    """SAM's name for :func:`edgesam_core.models.sam.stability_score` (NaN for an all-background mask)."""
+    return stability_score(masks, mask_threshold, threshold_offset)
 
 
 def mask_to_rle_pytorch(masks: torch.Tensor) -> list[dict[str, Any]]:

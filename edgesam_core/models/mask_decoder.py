@@ -90,6 +90,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
+        hq_token_only: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for each prompt set.
 
@@ -97,7 +98,7 @@ class MaskDecoder(nn.Module):
             image_embeddings: ``(B_img, C, h, w)``; image_pe: ``(1, C, h, w)`` (``get_dense_pe()``);
             sparse_prompt_embeddings: ``(B, T, C)``; dense_prompt_embeddings: ``(B, C, h, w)``;
             num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (all tokens);
-            interm_embeddings: ignored (accepted so every decoder takes the same call).
+            interm_embeddings, hq_token_only: ignored (accepted so every decoder takes upstream's call).
 
         Returns:
             Mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.

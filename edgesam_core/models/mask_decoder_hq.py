@@ -141,10 +141,12 @@ class MaskDecoderHQ(_HQDecoderBase):
         dense_prompt_embeddings: torch.Tensor,
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
+        hq_token_only: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask (B,1,4h,4w), sam_mask of token 0 (B,1,4h,4w), iou of token 0 (B,1))``.
 
-        ``num_multimask_outputs`` is accepted for a uniform call and ignored, as upstream does.
+        ``num_multimask_outputs`` and ``hq_token_only`` are accepted for upstream's call and ignored, as
+        upstream does (both masks are always returned).
         """
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings
@@ -183,12 +185,14 @@ class MaskDecoderHQViT(_HQDecoderBase):
         dense_prompt_embeddings: torch.Tensor,
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
+        hq_token_only: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask, sam_mask, iou)`` (one channel each).
 
         With ``num_multimask_outputs`` 1 the SAM mask/IoU are token 0's; with 3 (or 4) they are those of the
-        best of tokens 1-3 by predicted IoU, as HQ-SAM's ``multimask_output``. HQ-SAM's ``hq_token_only=False``
-        output is ``sam_mask + hq_mask``.
+        best of tokens 1-3 by predicted IoU, as HQ-SAM's ``multimask_output``. ``hq_token_only`` is accepted
+        for HQ-SAM's call and ignored: both masks are returned, and HQ-SAM's ``hq_token_only=False`` output
+        is ``sam_mask + hq_mask``.
         """
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings

@@ -135,6 +135,7 @@ class PromptEncoder(nn.Module):
         points: Optional[tuple[torch.Tensor, torch.Tensor]],
         boxes: Optional[torch.Tensor],
         masks: Optional[torch.Tensor],
+        box_labels: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed prompts.
 
@@ -142,6 +143,8 @@ class PromptEncoder(nn.Module):
             points: ``(coords (B, N, 2) float, labels (B, N))`` in the ``input_image_size`` frame, or None.
             boxes: ``(B, 4)`` xyxy boxes in the same frame, or None.
             masks: ``(B, 1, 4h, 4w)`` mask logits, or None.
+            box_labels: ``(B,)``; rows labelled -1 have no box: both corner tokens become "not a point"
+                (EdgeSAM's batched training pads prompt sets this way).
 
         Returns:
             Sparse tokens ``(B, T, C)`` (points, a padding point when no box is given, then 2 box corners) and
@@ -154,7 +157,11 @@ class PromptEncoder(nn.Module):
             coords, labels = points
             sparse = torch.cat([sparse, self._embed_points(coords, labels, pad=boxes is None)], dim=1)
         if boxes is not None:
-            sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
+            corners = self._embed_boxes(boxes)
+            if box_labels is not None:
+                absent = (box_labels.reshape(-1) == -1).reshape(-1, 1, 1)
+                corners = torch.where(absent, self.not_a_point_embed.weight.expand_as(corners), corners)
+            sparse = torch.cat([sparse, corners], dim=1)
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:

@@ -97,39 +97,66 @@ class Sam(nn.Module):
         masks = masks[..., : int(input_size[0]), : int(input_size[1])]
         return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
 
-    @torch.no_grad()
-    def forward(self, batched_input: list[dict[str, Any]], num_multimask_outputs: int = 1) -> list[dict[str, Any]]:
-        """SAM-style end-to-end prediction.
+    def forward(self, batched_input: list[dict[str, Any]], num_multimask_outputs: int = 1,
+                use_stability_score: bool = False, training_mode: bool = False) -> list[dict[str, Any]]:
+        """SAM-style end-to-end prediction (upstream EdgeSAM's signature).
 
         Args:
             batched_input: one dict per image with ``image`` (3xHxW, resized, 0-255), ``original_size`` (H, W)
                 and optionally ``point_coords`` (BxNx2), ``point_labels`` (BxN), ``boxes`` (Bx4),
                 ``mask_inputs`` (Bx1x256x256), all in the resized frame.
             num_multimask_outputs: 1, 3 or 4 masks per prompt set.
+            use_stability_score: report stability scores of the low-res logits as ``iou_predictions``
+                (upstream documents this flag but ignores it).
+            training_mode: run the prompt encoder and decoder with autograd (the image encoder never is).
 
         Returns:
             One dict per image with ``masks`` (bool, original size), ``iou_predictions``, ``low_res_logits``
             and, for HQ models, ``low_res_logits_sam``.
         """
-        images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
-        features = self.encode_image(images)
+        with torch.no_grad():
+            images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
+            features = self.encode_image(images)
         embeddings, interm = features if isinstance(features, tuple) else (features, None)
-        outputs = []
-        for i, rec in enumerate(batched_input):
-            points = (rec["point_coords"], rec["point_labels"]) if "point_coords" in rec else None
-            sparse, dense = self.prompt_encoder(points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs"))
-            out = self.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=self.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                num_multimask_outputs=num_multimask_outputs,
-                interm_embeddings=None if interm is None else [f[i : i + 1] for f in interm],
-            )
-            low_res, iou = (out[0], out[2]) if self.is_hq else out
-            masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"])
-            record = {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
-            if self.is_hq:
-                record["low_res_logits_sam"] = out[1]
-            outputs.append(record)
-        return outputs
+        with torch.set_grad_enabled(training_mode):
+            return [self._decode_record(rec, i, embeddings, interm, num_multimask_outputs, use_stability_score)
+                    for i, rec in enumerate(batched_input)]
+
+    def _decode_record(self, rec: dict[str, Any], i: int, embeddings: torch.Tensor, interm: Any,
+                       num_multimask_outputs: int, use_stability_score: bool) -> dict[str, Any]:
+        """Prompt encoder + decoder + post-processing for record ``i`` of :meth:`forward`."""
+        points = (rec["point_coords"], rec["point_labels"]) if "point_coords" in rec else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs"))
+        out = self.mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            num_multimask_outputs=num_multimask_outputs,
+            interm_embeddings=None if interm is None else [f[i : i + 1] for f in interm],
+        )
+        low_res, iou = (out[0], out[2]) if self.is_hq else out
+        if use_stability_score:
+            iou = stability_score(low_res, self.mask_threshold, 1.0)
+        masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"])
+        record = {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+        if self.is_hq:
+            record["low_res_logits_sam"] = out[1]
+        return record
+
+
+def stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
+    """IoU between the masks binarised at ``threshold + offset`` and at ``threshold - offset``.
+
+    Args:
+        masks: ``...xHxW`` mask logits.
+        mask_threshold: the model's binarisation threshold (0.0).
+        threshold_offset: how far to move the threshold each way (1.0 in EdgeSAM and SAM).
+
+    Returns:
+        ``...`` float32 scores in [0, 1]; the high-threshold mask is always inside the low-threshold one,
+        so the IoU is a ratio of pixel counts. An all-background mask gives NaN (0/0), as upstream.
+    """
+    high = (masks > (mask_threshold + threshold_offset)).sum(dim=(-1, -2), dtype=torch.int32)
+    low = (masks > (mask_threshold - threshold_offset)).sum(dim=(-1, -2), dtype=torch.int32)
+    return high.float() / low.float()

@@ -13,8 +13,13 @@ import pytest
 
 pytestmark = pytest.mark.tflite
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("onnx2tf")
+
+@pytest.fixture(scope="module", autouse=True)
+def _tflite_stack():
+    # Imported when a test of this module runs, not at collection: tensorflow loaded into a pytest-xdist
+    # worker that then runs the torch training tests crashes that worker.
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx2tf")
 
 
 def _spread(model, seed: int = 1, scale: float = 0.2):

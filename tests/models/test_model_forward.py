@@ -254,3 +254,53 @@ def test_corner_labels_on_points_match_box_tokens():
             points=(box.view(1, 2, 2), torch.tensor([[2, 3]])), boxes=None, masks=None
         )
     torch.testing.assert_close(as_points[:, :2], box_tokens, rtol=0, atol=0)
+
+
+def test_sam_forward_takes_upstreams_flags():
+    from edgesam_core.models.sam import stability_score
+
+    torch.manual_seed(0)
+    model = build_sam("edge_sam_dyt_debug")
+    record = {
+        "image": torch.rand(3, 96, 128) * 255,
+        "original_size": (48, 64),
+        "point_coords": torch.tensor([[[20.0, 30.0]], [[90.0, 60.0]]]),
+        "point_labels": torch.tensor([[1], [1]]),
+    }
+    (plain,) = model([record], num_multimask_outputs=3)
+    (stable,) = model([record], num_multimask_outputs=3, use_stability_score=True)
+    assert torch.equal(plain["low_res_logits"], stable["low_res_logits"])
+    expected = stability_score(plain["low_res_logits"], model.mask_threshold, 1.0)
+    torch.testing.assert_close(stable["iou_predictions"], expected, equal_nan=True)
+    assert not plain["low_res_logits"].requires_grad
+    (trained,) = model([record], num_multimask_outputs=3, training_mode=True)
+    assert trained["low_res_logits"].requires_grad
+    trained["low_res_logits"].sum().backward()
+    assert model.mask_decoder.iou_token.weight.grad is not None
+    assert all(p.grad is None for p in model.image_encoder.parameters())  # the encoder never takes gradients
+
+
+def test_box_labels_minus_one_turn_both_corners_into_not_a_point():
+    torch.manual_seed(0)
+    model = build_sam("edge_sam_dyt_debug")
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 70.0], [5.0, 5.0, 100.0, 90.0]])
+    plain, _ = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+    labelled, _ = model.prompt_encoder(points=None, boxes=boxes, masks=None, box_labels=torch.tensor([1, -1]))
+    assert torch.equal(labelled[0], plain[0])
+    not_a_point = model.prompt_encoder.not_a_point_embed.weight[0]
+    assert torch.equal(labelled[1], not_a_point.expand(2, -1))
+
+
+@pytest.mark.parametrize("name", ["edge_sam_dyt_debug", "edge_sam_dyt_hq_debug", "vit_h_hq_debug"])
+def test_decoders_accept_upstreams_hq_token_only_keyword(name):
+    torch.manual_seed(0)
+    model = build_sam(name)
+    features = model.encode_image(torch.rand(1, 3, model.img_size, model.img_size))
+    emb, interm = features if isinstance(features, tuple) else (features, None)
+    sparse, dense = _prompt(model, [[[20.0, 30.0]]], [[1]])
+    kwargs = dict(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                  dense_prompt_embeddings=dense, num_multimask_outputs=1, interm_embeddings=interm)
+    with torch.no_grad():
+        base = model.mask_decoder(**kwargs)
+        flagged = model.mask_decoder(**kwargs, hq_token_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(base, flagged))
