@@ -106,7 +106,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             width, height = opened.size
             if width * height > max_pixels:
                 raise TooLargeError(f"Image is {width}x{height} = {width * height:,} pixels; the limit is "
-                                    f"{max_pixels:,} (restart with a larger --max-pixels or resize it)")
+                                    f"{max_pixels:,} (restart with a larger --max-megapixels or resize it)")
             if width < 1 or height < 1:
                 raise DemoRequestError(f"Image has no pixels ({width}x{height})")
             try:
