@@ -33,25 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _build(variant: str, checkpoint: str | None, seed: int, spread: float = 0.0):
-    """The model with checkpoint weights, or ``torch.manual_seed(seed)`` random ones.
-
-    ``spread`` > 0 adds N(0, spread) noise to the prompt-encoder and decoder weights: freshly initialised
-    decoders predict near-constant, all-foreground logits, which makes every mask IoU trivially 1.
-    """
-    import torch
-
-    from edgesam_core.models import build_sam
-
-    torch.manual_seed(seed)
-    model = build_sam(variant, checkpoint).eval()
-    if spread > 0:
-        gen = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for p in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-                p.add_(torch.randn(p.shape, generator=gen) * spread)
-    return model
+from _common import build_model, emit_json  # noqa: E402 - after the path set-up
 
 
 def _peak_rss_mb() -> float:
@@ -86,7 +68,7 @@ def _worker(args: argparse.Namespace) -> dict:
         from edgesam_core.export.onnx_export import prepare_image
 
         torch.set_num_threads(args.threads)
-        model = _build(args.model, args.checkpoint, args.seed, args.spread)
+        model = build_model(args.model, args.checkpoint, args.seed, args.spread)
         x = prepare_image(model, image)
         with torch.no_grad():
             features = model.encode_image(x)
@@ -151,7 +133,7 @@ def _export_and_quantize(args: argparse.Namespace, variant: str, work: Path) -> 
     from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
     from edgesam_core.export.quantize import QuantizeOptions, quantize_pair
 
-    model = _build(variant, args.checkpoint, args.seed, args.spread)
+    model = build_model(variant, args.checkpoint, args.seed, args.spread)
     result = export_onnx(None, OnnxExportOptions(model_type=variant, out_dir=work, name=variant), model=model)
     calib, held = _image_dirs(args, work)
     report = quantize_pair(result.files["encoder"], QuantizeOptions(
@@ -177,7 +159,7 @@ def _tflite_rows(args: argparse.Namespace, work: Path) -> dict:
             raise
         return {"tflite_fp32": {"not_measured": str(exc)}, "tflite_int8": {"not_measured": str(exc)}}
     calib, _ = _image_dirs(args, work)
-    model = _build(args.model, args.checkpoint, args.seed, args.spread)
+    model = build_model(args.model, args.checkpoint, args.seed, args.spread)
     exported = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work / "tflite", name=args.model,
                                                    simplify=False, upsample_mode="bilinear"), model=model)
     result = convert_tflite(exported.files["encoder"], work / "tflite", options=TfliteOptions(
@@ -258,10 +240,7 @@ def main() -> None:
                                        if k.startswith(("embedding_", "mask_iou_")) or k == "size_bytes"}
             if not args.skip_tflite:
                 result["backends"].update(_tflite_rows(args, work))
-        text = json.dumps(result, indent=2)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        print(text)
+        emit_json(result, args.out)
 
 
 if __name__ == "__main__":

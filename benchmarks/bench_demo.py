@@ -34,19 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _build(variant: str, seed: int, spread: float) -> Any:
-    import torch
-
-    from edgesam_core.models import build_sam
-
-    torch.manual_seed(seed)
-    model = build_sam(variant).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-            param.add_(torch.randn(param.shape, generator=generator) * spread)
-    return model
+from _common import build_model, emit_json  # noqa: E402 - after the path set-up
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -167,7 +155,7 @@ def main() -> None:
         "image": "1024x768 synthetic (edgesam_core.export.parity.synthetic_image)",
         "clicks": args.clicks, "warmup": args.warmup, "target_ms": args.target_ms, "backends": {},
     }
-    model = _build(args.model, args.seed, args.spread)
+    model = build_model(args.model, None, args.seed, args.spread)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / f"{args.model}.pth"
         torch.save(model.state_dict(), checkpoint)
@@ -187,10 +175,7 @@ def main() -> None:
     default_mode = args.modes.split(",")[0]
     torch_median = result["backends"]["pytorch"]["modes"][default_mode]["round_trip_ms"]["median"]
     result["pytorch_meets_target"] = torch_median < args.target_ms
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

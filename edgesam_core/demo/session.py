@@ -188,12 +188,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _stability(low_res: np.ndarray) -> np.ndarray:
-    from edgesam_core.inference.segment_job import stability_of
-
-    return stability_of(np.asarray(low_res, dtype=np.float32))
-
-
 def _best(scores: np.ndarray) -> int:
     """Index of the highest score; NaN (an empty mask's 0/0 stability) never wins, as in ``edgesam segment``."""
     return int(np.argmax(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0)))
@@ -354,23 +348,25 @@ class DemoSession:
 
     def _predict(self, prompts: PromptSet, multimask: bool,
                  hq: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, str]:
+        from edgesam_core.inference.amg import stability_score_numpy
+
         coords, labels, box = prompts.as_arrays()
         kwargs: dict[str, Any] = {"point_coords": coords, "point_labels": labels, "box": box}
         if self.is_hq:
             if hq:
                 result = self.predictor.predict(**kwargs)
-                return [result.masks[0]], _stability(result.low_res_logits), result.scores, "hq"
+                return [result.masks[0]], stability_score_numpy(result.low_res_logits), result.scores, "hq"
             result = self.predictor.predict(**kwargs, return_sam_masks=True)
-            return [result.sam_masks[0]], _stability(result.low_res_sam_logits), result.scores, "sam"
+            return [result.sam_masks[0]], stability_score_numpy(result.low_res_sam_logits), result.scores, "sam"
         if multimask:
             result = self.predictor.predict(**kwargs, num_multimask_outputs=3)
-            return list(result.masks), _stability(result.low_res_logits), result.scores, "multimask"
+            return list(result.masks), stability_score_numpy(result.low_res_logits), result.scores, "multimask"
         if box is not None:
             result = self.predictor.predict(**kwargs, num_multimask_outputs=1)
-            return [result.masks[0]], _stability(result.low_res_logits), result.scores, "single"
+            return [result.masks[0]], stability_score_numpy(result.low_res_logits), result.scores, "single"
         # The predictor picks the most stable of the 4 on the low-res logits and upscales only that one.
         result = self.predictor.predict(**kwargs, num_multimask_outputs=4, best_only=True)
-        return [result.masks[0]], _stability(result.low_res_logits), result.scores, "best-of-4"
+        return [result.masks[0]], stability_score_numpy(result.low_res_logits), result.scores, "best-of-4"
 
     # -- everything -------------------------------------------------------------------------------------
 

@@ -104,6 +104,12 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, thresh
     return stability_score(masks, mask_threshold, threshold_offset)
 
 
+def stability_score_numpy(logits: np.ndarray, mask_threshold: float = 0.0, threshold_offset: float = 1.0) -> np.ndarray:
+    """:func:`calculate_stability_score` for numpy ``...xHxW`` logits (float32 result; NaN for an empty mask)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return stability_score(tensor, mask_threshold, threshold_offset).numpy()
+
+
 def mask_to_rle_pytorch(masks: torch.Tensor) -> list[dict[str, Any]]:
     """Encode ``BxHxW`` bool masks as uncompressed COCO RLEs (column-major run lengths, background first).
 

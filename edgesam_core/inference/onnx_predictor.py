@@ -103,14 +103,6 @@ def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int,
         return x[0].numpy()
 
 
-def stability_score(logits: np.ndarray, threshold: float = MASK_THRESHOLD, offset: float = 1.0) -> np.ndarray:
-    """IoU of the masks at ``threshold +/- offset`` per mask (numpy twin of ``calculate_stability_score``)."""
-    high = (logits > threshold + offset).sum(axis=(-1, -2)).astype(np.float32)
-    low = (logits > threshold - offset).sum(axis=(-1, -2)).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return high / low
-
-
 class OnnxSamPredictor:
     """SAM-style predictor over ``X_encoder.onnx`` + ``X_decoder.onnx`` (onnxruntime).
 
@@ -214,7 +206,9 @@ class OnnxSamPredictor:
             box_in = self.transform.apply_boxes(box_arr.reshape(1, 4), self.original_size).reshape(4)
         scores, logits, low_res = self._decode(coords, labels, box_in, num_outputs)
         if use_stability_score or best_only:
-            stability = stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+            from edgesam_core.inference.amg import stability_score_numpy
+
+            stability = stability_score_numpy(low_res, self.mask_threshold, self.stability_score_offset)
             if use_stability_score:
                 scores = stability
             if best_only and len(scores) > 1:

@@ -70,15 +70,6 @@ class SegmentReport:
 # -- prediction -----------------------------------------------------------------------------------------
 
 
-def stability_of(low_res: np.ndarray) -> np.ndarray:
-    """Stability scores (offset 1, threshold 0) of ``Cxhxw`` low-res logits; NaN for an empty mask."""
-    import torch
-
-    from edgesam_core.inference.amg import calculate_stability_score
-
-    return calculate_stability_score(torch.as_tensor(low_res), 0.0, 1.0).numpy().astype(np.float32)
-
-
 def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | None = None) -> list[MaskResult]:
     """Run every prompt set of ``prompts`` on the image already set in ``predictor``.
 
@@ -86,6 +77,8 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
     single-mask output (token 0); ``None`` (default) keeps token 0 for boxes and, for point-only prompts,
     the best of the 4 outputs by stability score (the rule of EdgeSAM's demo). HQ models give one mask.
     """
+    from edgesam_core.inference.amg import stability_score_numpy
+
     results: list[MaskResult] = []
     for prompt in prompts.prompt_sets():
         coords = np.asarray(prompt["points"], dtype=np.float64).reshape(-1, 2) if prompt["points"] else None
@@ -101,7 +94,7 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
         # best_only: the predictor picks by stability on the low-res logits and upscales only that mask.
         masks, iou, low_res = predictor.predict(point_coords=coords, point_labels=labels, box=box,
                                                 num_multimask_outputs=count, best_only=pick_best)[:3]
-        stability = stability_of(low_res)
+        stability = stability_score_numpy(low_res)
         for i in range(len(masks)):
             results.append(MaskResult(np.asarray(masks[i], dtype=bool), float(np.nan_to_num(stability[i])),
                                       float(iou[i]), prompt))

@@ -16,6 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.perturb import perturb_prompt_path
+
 #: Std of the seeded noise added to the prompt encoder and decoder. Freshly initialised decoders give
 #: near-constant logits (every mask empty or full), which would make mask comparisons trivially true.
 SPREAD = 0.2
@@ -28,11 +30,7 @@ def make_checkpoint(variant: str, path: Path, seed: int = 0, spread: float = SPR
     from edgesam_core.models import build_sam
 
     torch.manual_seed(seed)
-    model = build_sam(variant)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-            param.add_(torch.randn(param.shape, generator=generator) * spread)
+    model = perturb_prompt_path(build_sam(variant), seed + 1, spread)
     torch.save(model.state_dict(), path)
     return path
 

@@ -19,11 +19,11 @@ def spread_init(model, seed: int = 1, scale: float = 0.2):
     """
     import torch
 
+    from tests.helpers.perturb import perturb_prompt_path
+
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        params = list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters())
-        for p in params:
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    perturb_prompt_path(model, scale=scale, generator=gen)
+    with torch.no_grad():  # the PE matrix is a buffer, not a parameter: re-draw it from the same stream
         model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.normal_(generator=gen)
     return model
 

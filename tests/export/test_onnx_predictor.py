@@ -130,12 +130,10 @@ def perturbed_export(tmp_path_factory):
     from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
     from edgesam_core.models import build_sam
 
+    from tests.helpers.perturb import perturb_prompt_path
+
     torch.manual_seed(0)
-    model = build_sam("edge_sam_dyt_debug").eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    model = perturb_prompt_path(build_sam("edge_sam_dyt_debug").eval(), seed=1, scale=0.5)
     out = tmp_path_factory.mktemp("perturbed")
     result = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=out, name="p"), model=model)
     return model, result

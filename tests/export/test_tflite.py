@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers.perturb import perturb_prompt_path
+
 pytestmark = pytest.mark.tflite
 
 
@@ -20,17 +22,6 @@ def _tflite_stack():
     # worker that then runs the torch training tests crashes that worker.
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx2tf")
-
-
-def _spread(model, seed: int = 1, scale: float = 0.2):
-    """Perturb prompt encoder/decoder weights so prompts change the masks (fresh decoders barely react)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def converted(tmp_path_factory):
     from edgesam_core.models import build_sam
 
     torch.manual_seed(0)
-    model = _spread(build_sam("edge_sam_dyt_debug")).eval()
+    model = perturb_prompt_path(build_sam("edge_sam_dyt_debug")).eval()
     root = tmp_path_factory.mktemp("tflite")
     onnx_files = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=root, name="dbg",
                                                      simplify=False), model=model).files

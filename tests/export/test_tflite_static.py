@@ -11,22 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.helpers.perturb import perturb_prompt_path
+
 from edgesam_core.errors import InputError
 from edgesam_core.export.runtime_pair import pack_static_prompts
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-
-def _spread(model, seed: int = 1, scale: float = 0.2):
-    """Perturb prompt encoder/decoder weights so prompts change the masks (fresh decoders barely react)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def debug_pair(tmp_path_factory):
     from edgesam_core.models import build_sam
 
     torch.manual_seed(0)
-    model = _spread(build_sam("edge_sam_dyt_debug")).eval()
+    model = perturb_prompt_path(build_sam("edge_sam_dyt_debug")).eval()
     out = tmp_path_factory.mktemp("onnx_pair")
     result = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=out, name="dbg",
                                                  simplify=False), model=model)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from edgesam_core.errors import InputError
 from edgesam_core.inference import Prediction, Predictor, SamPredictor
+from tests.helpers.perturb import perturb_prompt_path
 
 POINTS = np.array([[30.0, 40.0], [80.0, 20.0]])
 LABELS = np.array([1, 0])
@@ -181,7 +184,7 @@ def test_parity_with_reference_pipeline(debug_model, photo_factory, reference_pi
 
 def test_best_only_keeps_the_most_stable_candidate_and_caches_the_dense_pe(debug_model, small_image):
     # Perturbed decoder weights so the four candidates differ (fresh decoders give near-identical ones).
-    model = build_perturbed(debug_model, spread=0.5)
+    model = perturb_prompt_path(copy.deepcopy(debug_model), seed=7, scale=0.5)
     predictor = SamPredictor(model)
     predictor.set_image(small_image)
     assert torch.equal(predictor.dense_pe, model.prompt_encoder.get_dense_pe())
@@ -204,14 +207,3 @@ def test_best_only_keeps_the_most_stable_candidate_and_caches_the_dense_pe(debug
     # Some prompt must pick a candidate other than the first, or keeping index 0 would pass unnoticed.
     assert chosen - {0}, "every prompt picked candidate 0: the test would not see a wrong index"
 
-
-def build_perturbed(model, spread: float = 0.2):
-    """A copy of ``model`` whose prompt encoder and decoder weights carry seeded noise."""
-    import copy
-
-    clone = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for param in list(clone.prompt_encoder.parameters()) + list(clone.mask_decoder.parameters()):
-            param.add_(torch.randn(param.shape, generator=generator) * spread)
-    return clone
