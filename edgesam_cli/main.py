@@ -13,6 +13,7 @@ import sys
 import typer
 
 from edgesam_cli.console import err_console
+from edgesam_cli.errors import catch_interrupt
 
 app = typer.Typer(
     name="edgesam",
@@ -48,34 +49,35 @@ def _register() -> None:
     for name, module_name, panel in _COMMANDS:
         module = importlib.import_module(f"edgesam_cli.commands.{module_name}")
         if hasattr(module, "app"):
+            for info in module.app.registered_commands:
+                info.callback = catch_interrupt(info.callback)
             app.add_typer(module.app, name=name, rich_help_panel=panel)
         else:
-            app.command(name=name, rich_help_panel=panel)(module.command)
+            app.command(name=name, rich_help_panel=panel)(catch_interrupt(module.command))
 
 
 _register()
 
 
 def main() -> None:
-    """Entry point: run the app and turn toolkit errors into one-line messages and exit codes."""
-    import click
-
-    from edgesam_cli.errors import exit_code_for, format_error
+    """Entry point: run the app and turn every error into one line and an exit code (no tracebacks)."""
+    from edgesam_cli.errors import INTERRUPTED, exit_code_for, format_error, is_abort, is_help_request
 
     try:
         result = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err_console.print("[red]Interrupted.[/red]")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     except SystemExit:
         raise
-    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if is_abort(exc):
+            err_console.print("[red]Interrupted.[/red]")
+            sys.exit(INTERRUPTED)
+        if is_help_request(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
         code = exit_code_for(exc)
         if code is None or os.environ.get("EDGESAM_DEBUG"):
             raise
-        err_console.print(format_error(exc), highlight=False, soft_wrap=True)
+        if code != 0:
+            err_console.print(format_error(exc), highlight=False, soft_wrap=True)
         sys.exit(code)
     sys.exit(result if isinstance(result, int) else 0)

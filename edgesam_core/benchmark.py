@@ -349,6 +349,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _check_exported_model(checkpoint: Path | None) -> None:
+    """Refuse a corrupt or swapped ONNX pair before any timing starts."""
+    if checkpoint is None or Path(checkpoint).suffix.lower() != ".onnx":
+        return
+    from edgesam_core.inference.onnx_predictor import create_session, decoder_path_for
+
+    encoder = Path(checkpoint)
+    if encoder.name.endswith("_decoder.onnx"):
+        encoder = encoder.with_name(encoder.name[: -len("_decoder.onnx")] + "_encoder.onnx")
+    create_session(encoder, role="encoder")
+    create_session(decoder_path_for(encoder), role="decoder")
+
+
 def run_benchmark(settings: BenchmarkSettings, progress: Progress | None = None) -> BenchmarkReport:
     """Measure every requested backend; a backend that cannot run here is reported as skipped, with why.
 
@@ -375,6 +388,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Progress | None = None)
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
     progress = progress or NullProgress()
+    _check_exported_model(settings.checkpoint)
     weights = (str(settings.checkpoint) if settings.checkpoint is not None
                else "random (seeded); latency does not depend on weight values")
     report = BenchmarkReport(
@@ -405,6 +419,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Progress | None = None)
                 result = {"status": "skipped", "reason": str(exc)}
                 progress.log(f"{backend}: skipped ({exc})")
             except EdgeSamError as exc:
+                if exc.exit_code == 2:  # the user's file or option is wrong: stop and say so
+                    raise
                 result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 progress.log(f"{backend}: failed ({exc})")
             report.backends[backend] = result

@@ -18,6 +18,7 @@ _EXTRA_OF = {
     "ai_edge_litert": "tflite",
     "tensorrt": "trt",
     "torch.utils.tensorboard": "train",
+    "kornia": "eval",
 }
 
 

@@ -30,7 +30,9 @@ class InputError(EdgeSamError):
 
 
 class CheckpointError(EdgeSamError):
-    """A checkpoint file cannot be read (missing, truncated, not a checkpoint)."""
+    """A checkpoint file cannot be read (missing, truncated, not a checkpoint): bad input."""
+
+    exit_code = 2
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -42,7 +44,9 @@ class DownloadError(EdgeSamError):
 
 
 class DatasetError(EdgeSamError):
-    """A dataset is missing, malformed or corrupt."""
+    """A dataset is missing, malformed or corrupt: bad input."""
+
+    exit_code = 2
 
 
 class MissingDependencyError(EdgeSamError):

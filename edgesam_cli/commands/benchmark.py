@@ -47,6 +47,10 @@ def _table(report: dict[str, Any]) -> Any:
     return table
 
 
+#: Largest side of the synthetic benchmark image (a 16384x16384 RGB image is 0.8 GB).
+MAX_IMAGE_SIDE = 16384
+
+
 def command(
     model: Annotated[str, typer.Option(
         "--model", help="Model variant, e.g. edge_sam_dyt, edge_sam_dyt_hq, edge_sam, vit_b.")] = "edge_sam_dyt",
@@ -82,6 +86,8 @@ def command(
         raise ConfigError(f"--image-size must look like 1024x768 (WxH), got {image_size!r}") from None
     if width < 1 or height < 1:
         raise ConfigError(f"--image-size must be positive, got {image_size!r}")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ConfigError(f"--image-size {image_size} is too large: at most {MAX_IMAGE_SIDE} pixels per side")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     unknown = [n for n in names if n not in BACKENDS]
     if not names or unknown:

@@ -60,8 +60,11 @@ def command(
     from edgesam_core.errors import ConfigError
 
     check_port(port)
-    if max_upload_mb <= 0 or max_megapixels <= 0:
-        raise ConfigError("--max-upload-mb and --max-megapixels must be positive")
+    import math
+
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_megapixels)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be positive, got {value:g}")
     if not is_loopback(host):
         err_console.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can "
                           "use the demo (no authentication). Use --host 127.0.0.1 to keep it local.",

@@ -114,7 +114,8 @@ def command(
     if reference_model and reference is None:
         raise ConfigError("--reference-model needs --reference CHECKPOINT")
 
-    dataset = open_eval_dataset(data.value, data_root, split, num_samples)
+    dataset = open_eval_dataset(data.value, data_root, split, num_samples,
+                                order="upstream" if protocol.value == "upstream" else "sorted")
     err_console.print(f"Loading {checkpoint.name} ...")
     with RichProgress(transfer=True) as download:
         decoder_source = decoder_source_for(checkpoint, decoder_from, download)

@@ -73,10 +73,13 @@ def command(
 
     from edgesam_cli.console import RichProgress, err_console, out_console
     from edgesam_core.errors import ConfigError
-    from edgesam_core.export.quantize import QuantizeOptions, quantize_pair, report_path
+    from edgesam_core.export.quantize import QuantizeOptions, quantize_pair, report_path, split_images
     from edgesam_core.export.sidecar import atomic_write_json
 
     encoder = source
+    opts = QuantizeOptions(calib_dir=calib, eval_dir=eval_dir, max_calib=max_calib, max_eval=max_eval,
+                           out_dir=out, per_channel=per_channel, threads=threads, latency_runs=runs)
+    split_images(opts)  # bad image folders are refused before any export
     with RichProgress() as progress:
         if source.suffix.lower() in (".pth", ".pt"):
             from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx
@@ -86,8 +89,6 @@ def command(
             encoder = result.files["encoder"]
         elif not source.name.endswith("_encoder.onnx"):
             raise ConfigError(f"{source.name}: give a checkpoint (.pth/.pt) or an encoder named '<name>_encoder.onnx'")
-        opts = QuantizeOptions(calib_dir=calib, eval_dir=eval_dir, max_calib=max_calib, max_eval=max_eval,
-                               out_dir=out, per_channel=per_channel, threads=threads, latency_runs=runs)
         report = quantize_pair(encoder, opts, progress=progress)
     payload = report.to_dict()
     path = atomic_write_json(report_path(report.int8_encoder), payload)

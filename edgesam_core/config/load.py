@@ -91,7 +91,9 @@ def _read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not text (byte {exc.start} is not UTF-8); pass a YAML file") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(loaded, dict):

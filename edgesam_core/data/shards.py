@@ -131,7 +131,11 @@ def read_links_file(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise InputError(f"Links file {path} does not exist; download it from {META_DOWNLOAD_PAGE} "
                          "(the 'Download text file' link) and pass it with --links")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"links file {path} is not text (byte {exc.start} is not UTF-8): pass the tab-separated "
+                         "file_name/cdn_link list from Meta's SA-1B download page") from exc
     if not lines or lines[0].split()[:1] != ["file_name"]:
         raise InputError(f"{path} is not an SA-1B links file: its first line must be the header "
                          f"'file_name<TAB>cdn_link' as in the file from {META_DOWNLOAD_PAGE}")

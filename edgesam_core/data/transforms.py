@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgesam_core.errors import InputError
+
 # SAM / EdgeSAM pixel statistics on the 0-255 RGB scale (spec §1.2); the one place data code reads them.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -43,9 +45,14 @@ class ResizeLongestSide:
         upstream rounds it (so a side can round to ``long_side_length`` but never above it).
         """
         if oldh <= 0 or oldw <= 0:
-            raise ValueError(f"image size must be positive, got {oldh}x{oldw}")
+            raise InputError(f"image size must be positive, got {oldw}x{oldh} (width x height)")
         scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        newh, neww = int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        if newh == 0 or neww == 0:
+            limit = -(-max(oldh, oldw) // (2 * long_side_length))  # ceil: the short side must round to >= 1
+            raise InputError(f"image {oldw}x{oldh} (width x height) is too thin: its short side would be 0 px at "
+                             f"{long_side_length} px; crop or pad it so the short side is at least {limit} px")
+        return newh, neww
 
     def _new_size(self, original_size: tuple[int, ...]) -> tuple[int, int]:
         return self.get_preprocess_shape(int(original_size[0]), int(original_size[1]), self.target_length)

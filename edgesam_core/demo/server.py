@@ -71,9 +71,22 @@ def load_static(folder: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
     return files
 
 
+class ClientGoneError(Exception):
+    """The client hung up before its request body arrived (nothing to answer)."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line for a client that vanished; other errors keep the standard report."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            if self.log is not None:
+                self.log(f"{client_address[0]} connection lost: {type(exc).__name__}")
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], session: DemoSession,
                  static: dict[str, tuple[bytes, str]], log: Callable[[str], None] | None) -> None:
@@ -146,14 +159,20 @@ class _Handler(BaseHTTPRequestHandler):
             # Refuse before reading: the unread body makes the connection unusable, so close it.
             self.close_connection = True
             raise TooLargeError(f"{what} is {length / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            raise ClientGoneError(f"client closed the connection after {len(body)} of {length} bytes")
+        return body
 
     def _read_json(self) -> dict[str, Any]:
         body = self._read_body(self.server.session.limits.max_json_bytes, "Request")
         try:
             payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DemoRequestError(f"Malformed JSON body: {exc}") from exc
+        except RecursionError as exc:
+            raise DemoRequestError("Malformed JSON body: nested too deeply") from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's digit limit
+            raise DemoRequestError(f"Malformed JSON body: {' '.join(str(exc).split())[:200]}") from exc
         if not isinstance(payload, dict):
             raise DemoRequestError("The JSON body must be an object")
         return payload
@@ -174,8 +193,11 @@ class _Handler(BaseHTTPRequestHandler):
         except (EdgeSamError, ValueError) as exc:
             # Backend validation (prompts a runtime cannot take, ...) is still the client's problem.
             self._error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except ClientGoneError as exc:
+            self.log_message("%s", f"{urlsplit(self.path).path}: {exc}")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            self.log_message("%s", f"{urlsplit(self.path).path}: client closed the connection")
         except Exception as exc:  # noqa: BLE001 - a failing request must not kill the server
             traceback.print_exc(file=sys.stderr)
             self.close_connection = True

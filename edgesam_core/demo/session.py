@@ -185,7 +185,12 @@ def check_prompts(points: Any, labels: Any, box: Any, width: int, height: int, m
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer with hundreds of digits
+        return False
 
 
 def _best(scores: np.ndarray) -> int:

@@ -27,7 +27,7 @@ from ..progress import NullProgress, Progress
 from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
 from .prompts import PROMPT_TYPES, Prompt, make_prompt
 from .samples import EvalObject, EvalSample
-from .upstream import upstream_click, upstream_iou, upstream_target
+from .upstream import upstream_click, upstream_iou, upstream_mask_center, upstream_subset, upstream_target
 
 MULTIMASK_SELECT: tuple[str, ...] = ("score", "area", "oracle")
 #: ``exact``: exact GT, clicks at the centre of the largest error region; ``upstream``: EdgeSAM's eval_mIoU.py.
@@ -215,7 +215,10 @@ def evaluate(
     start = time.perf_counter()
     task = progress.add_task("Evaluating", total=total)
     for sample in dataset:
-        objects = select_objects(sample.objects, max_prompts, seed, sample.key)
+        if upstream:
+            objects = [sample.objects[i] for i in upstream_subset(len(sample.objects), max_prompts, sample.index)]
+        else:
+            objects = select_objects(sample.objects, max_prompts, seed, sample.key)
         image = sample.image()
         predictor.set_image(image)
         if reference_predictor is not None:
@@ -228,7 +231,10 @@ def evaluate(
                 continue
             area = obj.area if obj.area >= 0 else float(np.count_nonzero(gt))
             rng = np.random.default_rng(_seed_for(seed, sample.key, obj.ann_id))
-            current = make_prompt(prompt, gt, obj.box, rng, obj.point)
+            if upstream and prompt == "point-center":
+                current = Prompt(np.array([upstream_mask_center(gt, img_size)], np.float32), np.ones(1, np.int64), None)
+            else:
+                current = make_prompt(prompt, gt, obj.box, rng, obj.point)
             target = gt
             if reference_predictor is not None:
                 ref_masks, ref_scores, _ = _predict(reference_predictor, current, num_multimask_outputs, shape)

@@ -54,6 +54,7 @@ class EvalSample:
     height: int
     width: int
     objects: Sequence[EvalObject]
+    index: int = 0  # position in the dataset's order (upstream seeds its object subset with it)
 
     def image(self) -> np.ndarray:
         """Load the image as ``H x W x 3`` uint8 RGB and check its size against the annotation."""
@@ -92,9 +93,12 @@ class SA1BEvalSet:
         root: dataset root (e.g. ``datasets/SA-1B``).
         split: split folder name (``val``).
         num_samples: keep only the first N images in sorted file-name order (None: all).
+        order: ``sorted`` (file names; the same on every machine) or ``upstream`` (the unsorted directory
+            listing EdgeSAM's ``SA1BDataset`` iterates, which depends on the filesystem).
     """
 
-    def __init__(self, root: str | Path, split: str = "val", num_samples: int | None = None) -> None:
+    def __init__(self, root: str | Path, split: str = "val", num_samples: int | None = None,
+                 order: str = "sorted") -> None:
         root = Path(root)
         image_dir, ann_dir = root / "images" / split, root / "annotations" / split
         if not image_dir.is_dir() or not ann_dir.is_dir():
@@ -102,7 +106,8 @@ class SA1BEvalSet:
                 f"No SA-1B split '{split}' under {root}: expected {image_dir}/*.jpg and {ann_dir}/*.json "
                 "(use 'edgesam download-data' to fetch and lay out SA-1B)"
             )
-        pairs = [(p, ann_dir / f"{p.stem}.json") for p in sorted(image_dir.glob("*.jpg"))]
+        listing = list(image_dir.glob("*.jpg"))
+        pairs = [(p, ann_dir / f"{p.stem}.json") for p in (listing if order == "upstream" else sorted(listing))]
         pairs = [(img, ann) for img, ann in pairs if ann.is_file()]
         if not pairs:
             raise DatasetError(f"No image with a matching annotation JSON in {image_dir} / {ann_dir}")
@@ -136,7 +141,7 @@ class SA1BEvalSet:
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{ann_path} is not an SA-1B annotation file (missing or bad field {exc})") from exc
         return EvalSample(key=image_path.stem, image_id=int(info.get("image_id", index)), path=image_path,
-                          height=height, width=width, objects=objects)
+                          height=height, width=width, objects=objects, index=index)
 
 
 class COCOEvalSet:
@@ -150,10 +155,12 @@ class COCOEvalSet:
         split: ``val`` or ``train`` (``val2017`` also accepted).
         num_samples: keep only the first N images in image-id order (None: all).
         annotation_file: explicit instances JSON, overriding the default location.
+        order: ``sorted`` (images by id, objects by annotation id) or ``upstream`` (both in the JSON's own
+            order, as EdgeSAM's ``COCODataset``).
     """
 
     def __init__(self, root: str | Path, split: str = "val", num_samples: int | None = None,
-                 annotation_file: str | Path | None = None) -> None:
+                 annotation_file: str | Path | None = None, order: str = "sorted") -> None:
         root = Path(root)
         split_name = split if split[-4:].isdigit() else f"{split}2017"
         ann_path = Path(annotation_file) if annotation_file else root / "annotations" / f"instances_{split_name}.json"
@@ -166,7 +173,9 @@ class COCOEvalSet:
             for ann in data["annotations"]:
                 if not ann.get("iscrowd", 0):
                     by_image.setdefault(int(ann["image_id"]), []).append(ann)
-            images = sorted((img for img in data["images"] if int(img["id"]) in by_image), key=lambda i: int(i["id"]))
+            images = [img for img in data["images"] if int(img["id"]) in by_image]
+            if order != "upstream":
+                images.sort(key=lambda i: int(i["id"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{ann_path} is not a COCO instances file (missing or bad field {exc})") from exc
         if not images:
@@ -178,7 +187,7 @@ class COCOEvalSet:
         image_dir = next((d for d in candidates if (d / first).is_file()), None)
         if image_dir is None:
             raise DatasetError(f"COCO image {first} not found in any of: " + ", ".join(str(d) for d in candidates))
-        self.image_dir, self.images, self.by_image = image_dir, images, by_image
+        self.image_dir, self.images, self.by_image, self.order = image_dir, images, by_image, order
 
     @staticmethod
     def _file_name(image: dict) -> str:
@@ -188,28 +197,31 @@ class COCOEvalSet:
         return len(self.images)
 
     def __iter__(self) -> Iterator[EvalSample]:
-        for image in self.images:
+        for index, image in enumerate(self.images):
             height, width = int(image["height"]), int(image["width"])
+            anns = self.by_image[int(image["id"])]
+            if self.order != "upstream":
+                anns = sorted(anns, key=lambda a: int(a["id"]))
             objects = [
                 EvalObject(ann_id=int(ann["id"]), segmentation=ann["segmentation"], height=height, width=width,
                            box=_xywh_to_xyxy(ann["bbox"]), area=float(ann.get("area", -1)),
                            category_id=int(ann.get("category_id", 1)))
-                for ann in sorted(self.by_image[int(image["id"])], key=lambda a: int(a["id"]))
+                for ann in anns
             ]
             name = self._file_name(image)
             yield EvalSample(key=Path(name).stem, image_id=int(image["id"]), path=self.image_dir / name,
-                             height=height, width=width, objects=objects)
+                             height=height, width=width, objects=objects, index=index)
 
 
 def open_eval_dataset(name: str, root: str | Path, split: str = "val",
-                      num_samples: int | None = None) -> SA1BEvalSet | COCOEvalSet:
-    """Open an evaluation dataset by name (``sa1b`` or ``coco``).
+                      num_samples: int | None = None, order: str = "sorted") -> SA1BEvalSet | COCOEvalSet:
+    """Open an evaluation dataset by name (``sa1b`` or ``coco``); ``order`` as in the dataset classes.
 
     Raises:
         DatasetError: unknown name, or files missing under ``root``.
     """
     if name == "sa1b":
-        return SA1BEvalSet(root, split, num_samples)
+        return SA1BEvalSet(root, split, num_samples, order=order)
     if name == "coco":
-        return COCOEvalSet(root, split, num_samples)
+        return COCOEvalSet(root, split, num_samples, order=order)
     raise DatasetError(f"Unknown evaluation dataset '{name}'; choose one of {', '.join(DATASETS)}")

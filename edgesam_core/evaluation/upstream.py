@@ -11,7 +11,14 @@ Upstream instead (spec §5.1):
   false negative and 0 on a false positive, scales it by ``img_size / low_res`` (no half-pixel shift), and
   emits ``(0, 0)`` with the ignore label -2 when fewer than 10 pixels disagree.
 
-Everything here is numpy, with torch's resampling rules reproduced exactly.
+* keeps at most 64 objects per image by ``torch.randint`` indices drawn after ``torch.manual_seed(index)``
+  (with replacement: an object can be scored twice), and reads images in the dataset's own order (SA-1B: the
+  unsorted directory listing; COCO: the JSON's order);
+* places the ``point-center`` click at the maximum of kornia's (approximate) distance transform of the GT in
+  the padded model frame, first maximum in row-major order.
+
+Resampling is numpy with torch's rules reproduced exactly; the subset and the centre click use torch and kornia
+as upstream does.
 """
 
 from __future__ import annotations
@@ -25,6 +32,52 @@ from .metrics import Click
 #: Fewer disagreeing low-res pixels than this and upstream emits an ignored click (label -2).
 MIN_ERROR_PIXELS = 10
 IGNORE_LABEL = -2
+
+
+def upstream_subset(num_objects: int, max_prompts: int | None, index: int) -> list[int]:
+    """Indices of the objects upstream evaluates for image ``index``: all, or ``max_prompts`` drawn with
+    replacement by ``torch.randint`` after seeding with the image's position (``fix_seed``)."""
+    import torch
+
+    if max_prompts is None or max_prompts <= 0 or num_objects <= max_prompts:
+        return list(range(num_objects))
+    generator = torch.Generator().manual_seed(int(index))  # the same stream as torch.manual_seed(index)
+    return [int(i) for i in torch.randint(0, num_objects, (int(max_prompts),), generator=generator)]
+
+
+def _model_frame_mask(gt: np.ndarray, img_size: int) -> np.ndarray:
+    """The GT nearest-resized to the model frame and zero-padded to ``img_size`` square (upstream's gt_mask)."""
+    h, w = gt.shape
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+    frame = np.zeros((img_size, img_size), np.float32)
+    frame[:new_h, :new_w] = ResizeLongestSide(img_size).apply_masks(gt[None].astype(np.uint8))[0]
+    return frame
+
+
+def upstream_mask_center(gt: np.ndarray, img_size: int) -> tuple[float, float]:
+    """Upstream's ``mask-center`` click, in original-image pixels.
+
+    kornia's ``distance_transform`` of the padded model-frame GT (a one-pixel zero border added, as upstream),
+    its first maximum in row-major order, mapped from the model frame back to the original image so the
+    predictor puts it exactly where upstream's click lands.
+
+    Raises:
+        MissingDependencyError: kornia is not installed (``pip install kornia``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..deps import require
+
+    kornia = require("kornia", purpose="upstream's mask-centre click (--protocol upstream --prompt point-center)")
+    h, w = gt.shape
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+    mask = torch.from_numpy(_model_frame_mask(gt, img_size) > 0.5)[None, None]
+    with torch.no_grad():
+        depth = kornia.contrib.distance_transform((~F.pad(mask, (1, 1, 1, 1), value=False)).float())
+    flat = int(depth[:, :, 1:-1, 1:-1].argmax())
+    row, col = flat // img_size, flat % img_size
+    return col * w / new_w, row * h / new_h
 
 
 def upstream_target(gt: np.ndarray, img_size: int) -> np.ndarray:

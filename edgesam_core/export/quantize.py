@@ -240,8 +240,9 @@ def quantize_pair(fp32_encoder: str | Path, opts: QuantizeOptions, progress: Pro
     notes: list[str] = []
     rng = np.random.default_rng(opts.seed)
 
+    encoder = create_session(fp32_encoder, opts.threads, role="encoder")
+    create_session(fp32_decoder, opts.threads, role="decoder")  # a corrupt or swapped decoder fails now, not later
     task = progress.add_task("Calibrating", total=len(calib_paths) + 4)
-    encoder = create_session(fp32_encoder, opts.threads)
     img_size = int(encoder.get_inputs()[0].shape[-1])
     enc_feeds: list[dict[str, np.ndarray]] = []
     dec_feeds: list[dict[str, np.ndarray]] = []

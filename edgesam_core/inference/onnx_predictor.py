@@ -24,13 +24,22 @@ MASK_THRESHOLD = 0.0
 _MASK_SLICES = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}
 
 
-def create_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+#: The input that names each role of an exported pair (upstream's I/O contract).
+ROLE_INPUT = {"encoder": "image", "decoder": "image_embeddings"}
+
+
+def create_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                   role: str | None = None) -> Any:
     """An onnxruntime ``InferenceSession`` (CUDA first when that provider is installed).
 
     Args:
         path: ``.onnx`` file.
         threads: intra-op threads (None: onnxruntime's default).
         providers: explicit execution providers; default CUDA (if available) then CPU.
+        role: ``"encoder"`` or ``"decoder"``: the graph must be that half of a SAM pair.
+
+    Raises:
+        InputError: the file is not an ONNX model onnxruntime can load, or is the other half of the pair.
     """
     from edgesam_core.deps import require
 
@@ -42,7 +51,20 @@ def create_session(path: str | Path, threads: int | None = None, providers: list
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own InvalidProtobuf / Fail / InvalidGraph classes
+        reason = " ".join(str(exc).split())[:160]
+        raise InputError(f"{path} is not an ONNX model onnxruntime can load ({reason}); export it again with "
+                         "'edgesam export-onnx'") from exc
+    if role is not None:
+        names = [i.name for i in session.get_inputs()]
+        if ROLE_INPUT[role] not in names:
+            other = "decoder" if role == "encoder" else "encoder"
+            hint = (f"it looks like the {other} (inputs {', '.join(names[:3])}); were the files swapped?"
+                    if ROLE_INPUT[other] in names else f"its inputs are {', '.join(names[:4]) or 'none'}")
+            raise InputError(f"{path} is not a SAM {role} graph (no '{ROLE_INPUT[role]}' input): {hint}")
+    return session
 
 
 def decoder_path_for(encoder: str | Path) -> Path:
@@ -124,8 +146,8 @@ class OnnxSamPredictor:
             if not path.is_file():
                 raise InputError(f"ONNX file not found: {path} (export one with 'edgesam export-onnx')")
         self.encoder_path, self.decoder_path = encoder_path, decoder_path
-        self.encoder = create_session(encoder_path, threads, providers)
-        self.decoder = create_session(decoder_path, threads, providers)
+        self.encoder = create_session(encoder_path, threads, providers, role="encoder")
+        self.decoder = create_session(decoder_path, threads, providers, role="decoder")
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.is_hq = len(self.encoder.get_outputs()) == 4
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}

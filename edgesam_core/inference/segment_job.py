@@ -8,7 +8,6 @@ complete, so a failure never leaves a half-written result.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -169,6 +168,7 @@ def write_image_outputs(out_dir: Path, stem: str, image_path: Path, image: np.nd
     """Write the mask PNGs, overlay and JSON of one image atomically; remove stale masks of earlier runs."""
     from edgesam_core.inference.amg import encode_binary_mask
 
+    earlier_masks = _masks_of_earlier_run(out_dir, stem)
     writer = _AtomicWriter(out_dir)
     files: list[Path] = []
     records: list[dict[str, Any]] = []
@@ -197,7 +197,7 @@ def write_image_outputs(out_dir: Path, stem: str, image_path: Path, image: np.nd
         raise InputError(f"Cannot write results to {out_dir}: {exc.strerror or exc}") from exc
     finally:
         writer.discard()
-    _remove_stale_masks(out_dir, stem, len(results))
+    _remove_stale_masks(out_dir, earlier_masks, {p.name for p in files})
     return ImageReport(image_path, files, records)
 
 
@@ -210,12 +210,21 @@ def mask_bbox_xywh(mask: np.ndarray) -> list[float]:
     return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
 
 
-def _remove_stale_masks(out_dir: Path, stem: str, count: int) -> None:
-    pattern = re.compile(re.escape(stem) + r"_mask(\d+)\.png")
-    for path in out_dir.glob(f"{glob.escape(stem)}_mask*.png"):
-        match = pattern.fullmatch(path.name)
-        if match and int(match.group(1)) >= count:
-            path.unlink(missing_ok=True)
+def _masks_of_earlier_run(out_dir: Path, stem: str) -> set[str]:
+    """Mask files that an earlier run listed in ``STEM.json`` (only those may be removed as stale)."""
+    try:
+        document = json.loads((out_dir / f"{stem}.json").read_text(encoding="utf-8"))
+        names = {str(m["file"]) for m in document.get("masks", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+    pattern = re.compile(re.escape(stem) + r"_mask\d+\.png")
+    return {n for n in names if pattern.fullmatch(n)}
+
+
+def _remove_stale_masks(out_dir: Path, earlier: set[str], written: set[str]) -> None:
+    """Delete masks our previous run wrote for this image that this run did not write again."""
+    for name in sorted(earlier - written):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def output_stems(images: list[Path]) -> list[str]:
@@ -256,6 +265,7 @@ def segment_images(
     if not source.exists():
         raise InputError(f"Image not found: {source}")
     images = list_images(source) if source.is_dir() else [source]
+    check_out_dir_spares_inputs(source, Path(out_dir))
     out_dir = prepare_out_dir(out_dir)
     report = SegmentReport(out_dir)
     task = progress.add_task("Segmenting", total=len(images))
@@ -369,8 +379,34 @@ def plan_segment(
     checkpoint, variant, device, is_torch = resolve_model_source(checkpoint, model, hq, device)
     if multimask and variant is not None and is_torch and variant_is_hq(variant):
         raise ConfigError("HQ models predict one mask per prompt; drop --multimask")
+    check_out_dir_spares_inputs(source, Path(out_dir))
     prepare_out_dir(out_dir)
     return SegmentPlan(source, prompts, Path(out_dir), variant, checkpoint, device, hq, multimask)
+
+
+def check_out_dir_spares_inputs(source: Path, out_dir: Path) -> None:
+    """Refuse an output folder whose results would overwrite, delete or mix with the input images.
+
+    A folder run may not write into the folder it reads (its masks and overlays are images: a second run
+    would segment them, and a user's own ``a_mask0.png`` would be replaced). For a single image no output
+    name may equal the image itself.
+
+    Raises:
+        InputError: with the fix (another ``--out``).
+    """
+    source_dir = source if source.is_dir() else source.parent
+    try:
+        same = out_dir.exists() and os.path.samefile(out_dir, source_dir)
+    except OSError:
+        same = False
+    if source.is_dir() and same:
+        raise InputError(f"--out {out_dir} is the input folder: results would overwrite or mix with the input "
+                         f"images; pass another folder, e.g. --out {source.name or 'segment'}_masks")
+    if same and source.is_file():
+        stem = source.stem
+        if source.name in (f"{stem}_overlay.png", f"{stem}.json") or re.fullmatch(
+                re.escape(stem) + r"_mask\d+\.png", source.name):
+            raise InputError(f"--out {out_dir} would overwrite the input {source.name}; pass another folder")
 
 
 def resolve_model_source(checkpoint: Path | None, model: str | None, hq: bool,

@@ -80,6 +80,15 @@ def _describe(source: Source) -> str:
     return f"checkpoint {source}" if isinstance(source, (str, Path)) else "the given state dict"
 
 
+def refused_object(exc: BaseException) -> str | None:
+    """The Python object a ``weights_only`` load refused to unpickle, from torch's message (None if none)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", text)
+    if "Weights only load failed" in text and found:
+        return found.group(1) or found.group(2)
+    return None
+
+
 def _load_file(path: str | Path) -> Any:
     """``torch.load`` with weights_only=True and one-line errors naming the file."""
     path = Path(path)
@@ -92,10 +101,8 @@ def _load_file(path: str | Path) -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", text)
-        if "Weights only load failed" in text and found:
-            name = found.group(1) or found.group(2)
+        name = refused_object(exc)
+        if name:
             raise CheckpointError(f"checkpoint {path} pickles a Python object ({name}) that a safe load refuses; "
                                   "re-save only its state dict (torch.save(model.state_dict(), ...))") from exc
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint; re-download it") from exc

@@ -35,7 +35,7 @@ class PositionEmbeddingRandom(nn.Module):
         """Encoding of the pixel centres of an ``h x w`` grid, shape ``(C, h, w)``."""
         h, w = size
         device = self.positional_encoding_gaussian_matrix.device
-        grid = torch.ones((h, w), device=device, dtype=torch.float32)
+        grid = torch.ones((h, w), device=device, dtype=self.positional_encoding_gaussian_matrix.dtype)
         y_embed = (grid.cumsum(dim=0) - 0.5) / h
         x_embed = (grid.cumsum(dim=1) - 0.5) / w
         pe = self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1))
@@ -46,7 +46,8 @@ class PositionEmbeddingRandom(nn.Module):
         coords = coords_input.clone()
         coords[:, :, 0] = coords[:, :, 0] / image_size[1]
         coords[:, :, 1] = coords[:, :, 1] / image_size[0]
-        return self._pe_encoding(coords.to(torch.float))
+        # SAM casts to float32; the matrix's dtype is the same for fp32 models and keeps float64 references whole.
+        return self._pe_encoding(coords.to(self.positional_encoding_gaussian_matrix.dtype))
 
 
 class PromptEncoder(nn.Module):

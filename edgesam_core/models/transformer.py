@@ -44,8 +44,9 @@ class Attention(nn.Module):
         v = self._separate_heads(self.v_proj(v))
         attn = q @ k.permute(0, 1, 3, 2)
         attn = attn / math.sqrt(q.shape[-1])
-        # Softmax in float32 keeps half-precision runs stable (as the EdgeSAM-DyT reference does).
-        attn = torch.softmax(attn.float(), dim=-1).to(q.dtype)
+        # Softmax in float32 keeps half-precision runs stable (as the EdgeSAM-DyT reference does); float64
+        # (parity references) stays float64.
+        attn = torch.softmax(attn.float() if attn.element_size() < 4 else attn, dim=-1).to(q.dtype)
         return self.out_proj(self._recombine_heads(attn @ v))
 
 

@@ -26,7 +26,7 @@ from edgesam_core.training import weights
 from edgesam_core.training.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from edgesam_core.training.engine import Engine
 from edgesam_core.training.optim import CosineSchedule, build_optimizer, scaled_lr
-from edgesam_core.training.state import latest_checkpoint, save_final
+from edgesam_core.training.state import newest_readable_checkpoint, save_final
 from edgesam_core.training.steps import LossModule, decoder_losses, encoder_losses, hq_gt_losses
 from edgesam_core.training.teacher import Teacher
 
@@ -211,9 +211,14 @@ class DistillRecipe:
         module = LossModule(self.student, functools.partial(fn, teacher=self.teacher, cfg=cfg))
         self.engine = Engine(module, self.optimizer, schedule, cfg, info, self.run_dir, self.progress)
 
-        resume = latest_checkpoint(self.engine.ckpt_dir) if self.resume == "auto" else self.resume
+        payload = None
+        if self.resume == "auto":
+            log = self.progress.log if info.is_main else (lambda _message: None)
+            resume, payload = newest_readable_checkpoint(self.engine.ckpt_dir, log)
+        else:
+            resume = self.resume
         if resume is not None:
-            self.engine.load_checkpoint(Path(resume))
+            self.engine.load_checkpoint(Path(resume), payload)
             if info.is_main:
                 self.progress.log(f"resumed from {resume} at step {self.engine.state.step}")
         elif self.resume == "auto" and info.is_main:

@@ -213,9 +213,10 @@ class Engine:
         self.last_checkpoint, self.last_saved_step = path, self.state.step
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore model, optimizer, scaler, position and RNG from a resumable checkpoint."""
-        payload = load_training_checkpoint(path)
+    def load_checkpoint(self, path: Path, payload: dict[str, Any] | None = None) -> None:
+        """Restore model, optimizer, scaler, position and RNG from a resumable checkpoint (``payload``: already
+        read from ``path``)."""
+        payload = payload if payload is not None else load_training_checkpoint(path)
         if payload.get("step_name") != self.cfg.step:
             raise ConfigError(f"{path} was written by step {payload.get('step_name')!r}, not step {self.cfg.step!r}; "
                               "use it as --init instead of --resume.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from edgesam_core.errors import CheckpointError
+from edgesam_core.models.checkpoint import refused_object
 
 _CKPT_RE = re.compile(r"ckpt_step_(\d+)\.pth$")
 
@@ -94,6 +96,16 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def newest_readable_checkpoint(ckpt_dir: Path, log: Callable[[str], None]) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint that loads, and its payload; corrupt newer ones are skipped with a log line."""
+    for _, path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return path, load_training_checkpoint(path)
+        except CheckpointError as exc:
+            log(f"--auto-resume: skipping {path.name} ({exc}); trying the one before")
+    return None, None
+
+
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     """Read a resumable checkpoint written by :func:`save_training_checkpoint`."""
     path = Path(path)
@@ -102,7 +114,13 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"Cannot read resume checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        name = refused_object(exc)
+        if name:
+            # Never suggest disabling the safe load: the file may run code when unpickled.
+            raise CheckpointError(f"resume checkpoint {path} pickles a Python object ({name}) that a safe load "
+                                  "refuses; resume only from checkpoints written by 'edgesam distill'") from exc
+        raise CheckpointError(f"resume checkpoint {path} is truncated or not a checkpoint "
+                              f"({type(exc).__name__}); resume from an earlier one") from exc
     if not isinstance(payload, dict) or "train_state" not in payload or "model" not in payload:
         raise CheckpointError(f"{path} is not a resumable edgesam checkpoint (no train_state); pass it as --init.")
     return payload

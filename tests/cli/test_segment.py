@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.perturb import perturb_prompt_path
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
 DEBUG = "edge_sam_dyt_debug"
@@ -51,6 +53,10 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("segment_cli")
     torch.manual_seed(0)
     torch.save({"model": build_sam(DEBUG).state_dict()}, root / "ckpt.pth")
+    torch.manual_seed(0)
+    # A decoder spread wide enough that masks are stable (logits far from 0): the automatic mask generator's
+    # default thresholds (stability >= 0.95) then keep several masks (6 on this photo).
+    torch.save(perturb_prompt_path(build_sam(DEBUG), 1, 1.0).state_dict(), root / "stable.pth")
     torch.manual_seed(0)
     torch.save({"model": build_sam("vit_b_debug").state_dict()}, root / "vitb.pth")
     torch.manual_seed(0)
@@ -166,11 +172,19 @@ def test_folder_input(workdir, tmp_path, capsys, monkeypatch):
 
 def test_everything(workdir, tmp_path, capsys, monkeypatch):
     code, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), "--everything", "--model", DEBUG,
-                               "--checkpoint", str(workdir / "ckpt.pth"), "--out", str(tmp_path / "o")],
+                               "--checkpoint", str(workdir / "stable.pth"), "--out", str(tmp_path / "o")],
                               capsys, monkeypatch)
     assert code == 0, stderr
     doc = json.loads((tmp_path / "o" / "photo.json").read_text())
-    assert isinstance(doc["masks"], list) and (tmp_path / "o" / "photo_overlay.png").exists()
+    assert (tmp_path / "o" / "photo_overlay.png").exists()
+    # The CLI writes exactly what the library's generator finds on the same image and weights, and finds some.
+    from edgesam_core.inference.image_io import load_image
+    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.segment_job import predict_everything
+
+    library = predict_everything(load_predictor(workdir / "stable.pth", model=DEBUG), load_image(workdir / "photo.jpg"))
+    assert len(doc["masks"]) == len(library) > 0
+    assert [m["area"] for m in doc["masks"]] == [int(r.mask.sum()) for r in library]
     assert len(list((tmp_path / "o").glob("photo_mask*.png"))) == len(doc["masks"])
 
 
@@ -242,7 +256,7 @@ def test_bad_images(workdir, tmp_path, capsys, monkeypatch, make, message):
 
 @pytest.mark.parametrize(
     ("checkpoint", "code", "message"),
-    [("vitb.pth", 1, DEBUG), ("truncated.pth", 1, "truncated.pth"), ("nothere.pth", 2, "Checkpoint not found")],
+    [("vitb.pth", 2, DEBUG), ("truncated.pth", 2, "truncated.pth"), ("nothere.pth", 2, "Checkpoint not found")],
 )
 def test_bad_checkpoints(workdir, tmp_path, capsys, monkeypatch, checkpoint, code, message):
     got, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), "--point", "5,5", "--model", DEBUG,
@@ -300,3 +314,29 @@ def test_missing_gpu_exits_3_before_any_download(workdir, tmp_path, capsys, monk
                               "--device", "cuda", "--out", str(tmp_path / "o")], capsys, monkeypatch)
     lines = error_lines(stderr)
     assert got == 3 and len(lines) == 1 and "CUDA is not available" in lines[0], stderr
+
+
+def test_output_folder_never_overwrites_or_deletes_inputs(workdir, tmp_path, capsys, monkeypatch):
+    """`segment same/ --out same` is refused before anything is written; a user's own a_mask2.png in an
+    output folder is never taken for a stale mask of ours."""
+    same = tmp_path / "same"
+    same.mkdir()
+    for name in ("a.png", "a_mask0.png", "a_overlay.png", "a_mask2.png"):
+        Image.fromarray(_photo(seed=len(name))).save(same / name)
+    before = {p.name: p.read_bytes() for p in same.iterdir()}
+    code, _, stderr = run_cli(["segment", str(same), "--point", "10,10", "--model", DEBUG,
+                               "--checkpoint", str(workdir / "ckpt.pth"), "--out", str(same)], capsys, monkeypatch)
+    assert code == 2 and error_lines(stderr)[0].startswith(f"Error: --out {same} is the input folder")
+    assert {p.name: p.read_bytes() for p in same.iterdir()} == before
+
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(_photo(seed=9)).save(out / "photo_mask7.png")  # the user's file, not one of ours
+    args = ["segment", str(workdir / "photo.jpg"), "--point", "10,10", "--model", DEBUG,
+            "--checkpoint", str(workdir / "ckpt.pth"), "--out", str(out)]
+    assert run_cli([*args, "--multimask"], capsys, monkeypatch)[0] == 0
+    assert {p.name for p in out.glob("photo_mask*.png")} == {"photo_mask0.png", "photo_mask1.png", "photo_mask2.png",
+                                                              "photo_mask7.png"}
+    assert run_cli([*args, "--single-mask"], capsys, monkeypatch)[0] == 0
+    # Our own earlier masks 1 and 2 are stale and go; the user's mask7 stays.
+    assert {p.name for p in out.glob("photo_mask*.png")} == {"photo_mask0.png", "photo_mask7.png"}

@@ -301,6 +301,10 @@ def test_old_uploads_are_forgotten(checkpoints):
         ({"box": [50, 10, 20, 40]}, "box [50.0, 10.0, 20.0, 40.0] must satisfy"),
         ({}, "no prompt"),
         ({"points": [[5, 5]], "labels": [1], "multimask": "yes"}, "must be true or false"),
+        ({"points": [[10**400, 5]], "labels": [1]}, "point 0 must be [x, y] numbers"),
+        ('{"points": [[' + "9" * 5000 + ', 5]], "labels": [1]}', "Malformed JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ({"points": [[float("nan"), 5]], "labels": [1]}, "point 0 must be [x, y] numbers"),
     ],
 )
 def test_malformed_segment_requests_are_400(server, payload, message):
@@ -310,6 +314,25 @@ def test_malformed_segment_requests_are_400(server, payload, message):
     else:
         status, answer = request(server.url + "api/segment", payload.encode(), {"Content-Type": "application/json"})
     assert status == 400 and message in answer["error"], answer
+
+
+def test_client_hanging_up_mid_upload_is_one_log_line(checkpoints, capfd):
+    """A client that promises 50 kB and closes after 10: one log line, no traceback, server still serving."""
+    from edgesam_core.demo.server import serve
+    from edgesam_core.demo.session import DemoSession
+
+    lines: list[str] = []
+    with serve(DemoSession.from_checkpoint(checkpoints["edge_sam_dyt_debug"]), port=0, log=lines.append) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(f"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n"
+                         "Content-Type: image/png\r\nContent-Length: 50000\r\n\r\n".encode() + b"0123456789")
+        deadline = time.time() + 10
+        while not any("closed the connection" in line for line in lines) and time.time() < deadline:
+            time.sleep(0.05)
+        assert request(running.url + "api/info")[0] == 200
+    gone = [line for line in lines if "closed the connection" in line]
+    assert len(gone) == 1 and "after 10 of 50000 bytes" in gone[0], lines
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_http_plumbing(server):

@@ -163,3 +163,52 @@ def test_cli_upstream_protocol_on_a_real_model_and_onnx(debug_model_files, sa1b_
     for torch_click, onnx_click in zip(reports["pth"]["clicks"], reports["onnx"]["clicks"]):
         assert onnx_click["all"]["count"] == torch_click["all"]["count"] == 6
         assert abs(onnx_click["all"]["miou"] - torch_click["all"]["miou"]) / 100 <= 1e-3
+
+
+def test_object_subset_is_upstreams_seeded_randint_with_replacement():
+    from edgesam_core.evaluation.upstream import upstream_subset
+
+    assert upstream_subset(5, 64, index=3) == [0, 1, 2, 3, 4]
+    torch.manual_seed(7)  # what SA1BDataset.__getitem__(7) does with fix_seed
+    expected = torch.randint(0, 100, (64,)).tolist()
+    got = upstream_subset(100, 64, index=7)
+    assert got == expected and len(set(got)) < 64  # with replacement: duplicates are scored twice, as upstream
+
+
+def test_mask_center_is_upstreams_kornia_click_in_the_model_frame():
+    """The click equals get_centroid_from_mask on the padded 1024-frame GT, mapped back to the original image."""
+    kornia = pytest.importorskip("kornia")
+    from edgesam_core.evaluation.upstream import upstream_mask_center
+
+    img_size = 128
+    for seed, (h, w) in enumerate([(90, 120), (120, 70), (64, 64)]):
+        gt = _blob(h, w, seed)
+        nh, nw = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+        frame = torch.zeros(1, 1, img_size, img_size)
+        frame[..., :nh, :nw] = F.interpolate(torch.from_numpy(gt.astype(np.uint8))[None, None].float(), (nh, nw),
+                                             mode="nearest")
+        mask = frame > 0.5
+        dt = kornia.contrib.distance_transform((~F.pad(mask, pad=(1, 1, 1, 1), mode="constant", value=0)).float())
+        dt = dt[:, :, 1:-1, 1:-1]
+        row, col = int(torch.div(dt.argmax(), img_size, rounding_mode="floor")), int(dt.argmax() % img_size)
+        x, y = upstream_mask_center(gt, img_size)
+        # The predictor maps original pixels to the model frame by new/old size: the click lands on (col, row).
+        assert x * nw / w == pytest.approx(col, abs=1e-9) and y * nh / h == pytest.approx(row, abs=1e-9)
+        assert frame[0, 0, row, col] > 0  # inside the object
+
+
+def test_upstream_protocol_reads_images_in_the_datasets_own_order(tmp_path):
+    import json as _json
+
+    from edgesam_core.evaluation.samples import SA1BEvalSet
+
+    for name in ("b", "c", "a"):
+        (tmp_path / "images" / "val").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "annotations" / "val").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "images" / "val" / f"{name}.jpg").write_bytes(b"")
+        (tmp_path / "annotations" / "val" / f"{name}.json").write_text(_json.dumps({"image": {}, "annotations": []}))
+    import glob
+
+    listing = [p.rsplit("/", 1)[-1][:-4] for p in glob.glob(f"{tmp_path}/images/val/*.jpg")]
+    assert [p.stem for p, _ in SA1BEvalSet(tmp_path, "val", order="upstream").pairs] == listing
+    assert [p.stem for p, _ in SA1BEvalSet(tmp_path, "val").pairs] == ["a", "b", "c"]

@@ -162,7 +162,7 @@ def test_cli_export_writes_files_and_parity_failure_exits_4(tmp_path, monkeypatc
     assert ok.exit_code == 0, ok.output
     meta = json.loads((out / "tiny_decoder.json").read_text())
     assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert "ONNX vs PyTorch" in ok.output and "FAIL" not in ok.output
+    assert "ONNX vs the float64 model" in ok.output and "FAIL" not in ok.output
 
     real = onnx_export.check_parity
 
@@ -178,7 +178,7 @@ def test_cli_export_writes_files_and_parity_failure_exits_4(tmp_path, monkeypatc
     failed = CliRunner().invoke(app, args, terminal_width=200)
     # edgesam_cli.main.main() turns the error into its exit_code (4) and a one-line message.
     assert isinstance(failed.exception, ExportParityError) and failed.exception.exit_code == 4
-    assert "tolerance" in str(failed.exception) and "FAIL" in failed.output
+    assert "beyond fp32 noise" in str(failed.exception) and "FAIL" in failed.output
     assert (out / "tiny_encoder.onnx").is_file() and (out / "tiny_decoder.onnx").is_file()
     meta = json.loads((out / "tiny_decoder.json").read_text())
     assert meta["parity"]["passed"] is False

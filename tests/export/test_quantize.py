@@ -42,8 +42,12 @@ def test_quantize_pair_report_and_loadable(dyt_debug_export, calib_dir, tmp_path
     assert set(data["latency_ms"]) == {"encoder_fp32", "encoder_int8", "decoder_fp32", "decoder_int8"}
     assert all(v > 0 and math.isfinite(v) for v in data["latency_ms"].values())
     assert 0.9 < data["embedding_cosine_mean"] <= 1.0 + 1e-9
-    for key in ("mask_iou_point_mean", "mask_iou_box_mean", "mask_iou_int8_encoder_only_mean"):
-        assert 0.0 <= data[key] <= 1.0
+    # Measured on this debug model: point 0.970 (min 0.947), box 0.982 (min 0.978), int8 encoder alone 1.0.
+    # int8 that broke a layer drops these far below; the bounds leave room for calibration noise only.
+    assert data["mask_iou_point_mean"] >= 0.9 and data["mask_iou_point_min"] >= 0.85
+    assert data["mask_iou_box_mean"] >= 0.9 and data["mask_iou_box_min"] >= 0.85
+    assert data["mask_iou_int8_encoder_only_mean"] >= 0.95
+    assert data["mask_iou_point_min"] <= data["mask_iou_point_mean"] <= 1.0
     import onnx
 
     from edgesam_core.export.sidecar import sidecar_path

@@ -1,4 +1,4 @@
-"""Every real variant's state dict equals upstream's (keys, shapes, dtypes) from shared/reference/*.tsv."""
+"""Every real variant's state dict equals upstream's (keys, shapes, dtypes) from tests/fixtures/reference/*.tsv."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import torch
 from edgesam_core.models import list_variants, resolve_variant
 from edgesam_core.models.build import _build_sam
 
-# CI clones the repo with shared/ beside it, exactly as in the development checkout.
-REFERENCE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference").resolve()
+# Upstream's state-dict tables live in the repository: tests never read anything beside the clone.
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 REAL_VARIANTS = list_variants(include_debug=False)
 
 
 def _read_tsv(name: str) -> dict[str, tuple[str, str]]:
     path = REFERENCE / f"{name}_state_dict.tsv"
     if not path.is_file():
-        pytest.fail(f"reference table {path} is missing: the shared/ folder must sit beside the repository")
+        pytest.fail(f"reference table {path} is missing from the repository")
     rows = path.read_text().splitlines()
     assert rows[0].split("\t") == ["key", "shape", "dtype"]
     table = {}

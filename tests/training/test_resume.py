@@ -107,3 +107,35 @@ def test_nonfinite_in_a_row_stops_cleanly_keeping_last_good_checkpoint(assets, t
     skips = [x for x in read_metrics(tmp_path / "step1") if x.get("event") == "nonfinite_skip"]
     assert [x["in_a_row"] for x in skips] == [1, 2, 3]
     json.dumps(skips)  # the log stays valid JSON
+
+
+def test_auto_resume_falls_back_past_a_corrupt_newest_checkpoint(assets, tmp_path):
+    """The newest checkpoint is truncated (a crash mid-copy, a full disk): --auto-resume says so, resumes from the
+    one before, and the run still ends exactly where an uninterrupted run does."""
+    save = ["--set", "train.save_every_steps=1", "--set", "train.keep_checkpoints=5"]
+    straight = invoke(cli_args("1", assets, tmp_path / "a", *DET, *save, steps=4))
+    assert straight.exit_code == 0, straight.output + repr(straight.exception)
+    half = invoke(cli_args("1", assets, tmp_path / "b", *DET, *save, steps=2))
+    assert half.exit_code == 0, half.output
+    ckpt_dir = tmp_path / "b" / "step1" / "checkpoints"
+    newest = ckpt_dir / "ckpt_step_00000002.pth"
+    assert (ckpt_dir / "ckpt_step_00000001.pth").is_file()
+    newest.write_bytes(newest.read_bytes()[:1000])
+    rest = invoke(cli_args("1", assets, tmp_path / "b", *DET, *save, "--auto-resume", steps=4))
+    assert rest.exit_code == 0, rest.output + repr(rest.exception)
+    assert "skipping ckpt_step_00000002.pth" in rest.output and "resumed from" in rest.output
+    _assert_identical(_final(tmp_path / "a", "1"), _final(tmp_path / "b", "1"))
+
+
+def test_resume_from_an_unsafe_pickle_names_the_object_and_never_suggests_disabling_the_safe_load(assets, tmp_path):
+    import datetime
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {}, "train_state": {}, "when": datetime.datetime(2026, 1, 1)}, evil)
+    from edgesam_core.errors import CheckpointError
+
+    result = invoke(cli_args("1", assets, tmp_path / "run", "--resume", str(evil), steps=1))
+    # The in-process runner hands back the exception; the `edgesam` entry point turns it into one line, exit 2.
+    assert isinstance(result.exception, CheckpointError) and result.exception.exit_code == 2
+    message = str(result.exception)
+    assert "datetime" in message and "weights_only" not in message and "weights_only" not in result.output
