@@ -161,7 +161,8 @@ def _tflite_rows(args: argparse.Namespace, work: Path) -> dict:
     calib, _ = _image_dirs(args, work)
     model = build_model(args.model, args.checkpoint, args.seed, args.spread)
     exported = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work / "tflite", name=args.model,
-                                                   simplify=False, upsample_mode="bilinear"), model=model)
+                                                   simplify=False, upsample_mode="bilinear", opset=17,
+                                                   runtime_rewrites=False), model=model)
     result = convert_tflite(exported.files["encoder"], work / "tflite", options=TfliteOptions(
         precisions=("fp32", "int8"), calib_dir=calib, calib_count=args.images, latency_runs=1))
     rows = {}

@@ -15,7 +15,7 @@ EXAMPLES = """
   [dim]# float32 + float16 from an exported pair: exports/edge_sam_dyt_{encoder,decoder}_{fp32,fp16}.tflite[/dim]
   edgesam convert-tflite exports/edge_sam_dyt_encoder.onnx
 
-  [dim]# straight from a checkpoint (exported to ONNX first, bilinear neck upsampling), int8 calibrated on photos[/dim]
+  [dim]# straight from a checkpoint (exported to a portable ONNX pair first, bilinear neck), int8 calibrated on photos[/dim]
   edgesam convert-tflite weights/edge_sam_dyt.pth --precision int8 --calib photos/ --out tflite/
 
   [dim]# room for a box plus three clicks in one prompt[/dim]
@@ -62,7 +62,9 @@ def command(
     calib_count: Annotated[int, typer.Option("--calib-count", min=1, help="Calibration images used (sorted).")] = 32,
     upsample_mode: Annotated[str, typer.Option(
         "--upsample-mode", help="Neck upsampling when exporting a checkpoint: bilinear (LiteRT has no builtin "
-                                "bicubic; bicubic ONNX graphs are switched to bilinear and the change noted).")
+                                "bicubic; bicubic ONNX graphs are switched to bilinear and the change noted). Give "
+                                "a checkpoint or an 'export-onnx --portable' pair: onnx2tf mistranslates the "
+                                "default (ONNX Runtime tuned) encoder graph.")
     ] = "bilinear",
     tolerance: Annotated[Optional[float], typer.Option(
         "--tolerance", min=0.0, help="Parity bound: max|diff| <= tol * max(1, max|ref|). Default fp32 5e-3, "

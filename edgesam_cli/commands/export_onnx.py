@@ -49,7 +49,10 @@ def command(
         "--model", help="Variant; default edge_sam_dyt, or edge_sam_dyt_hq with --hq.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Output folder (default: beside the checkpoint).")] = None,
-    opset: Annotated[int, typer.Option("--opset", min=13, max=23, help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(
+        "--opset", min=13, max=23,
+        help="ONNX opset: 20 exports tanh-GELU as one Gelu node (~1.5x faster in ONNX Runtime); 17 is upstream's.")
+    ] = 20,
     upsample_mode: Annotated[str, typer.Option(
         "--upsample-mode",
         help="Encoder stage-3 upsampling: bicubic (what training and PyTorch inference use) or bilinear "
@@ -76,6 +79,9 @@ def command(
     fuse: Annotated[bool, typer.Option(
         "--fuse/--no-fuse", help="Fold BatchNorms and RepVGG branches into single convs before export "
                                  "(same outputs, smaller and faster graphs, better int8).")] = True,
+    portable: Annotated[bool, typer.Option(
+        "--portable", help="Graphs for other converters (onnx2tf, TensorRT): opset 17 and none of the ONNX Runtime "
+                           "specific rewrites (matrix-product upsampling, expanded SE gates).")] = False,
     decoder_from: DecoderFromOpt = None,
     json_out: JsonResultOpt = False,
 ) -> None:
@@ -95,7 +101,9 @@ def command(
     opts = OnnxExportOptions(model_type=model_type, out_dir=out, opset=opset, upsample_mode=upsample_mode,
                              simplify=simplify, upsample=upsample, encoder=not decoder_only,
                              decoder=not encoder_only, multi_box=multi_box, tolerance=tolerance,
-                             fuse=fuse)
+                             fuse=fuse, runtime_rewrites=not portable)
+    if portable:
+        opts.opset = 17
     failure: EdgeSamError | None = None
     with RichProgress(transfer=True) as download:
         decoder_source = decoder_source_for(checkpoint, decoder_from, download)

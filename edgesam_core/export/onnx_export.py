@@ -27,6 +27,11 @@ EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
 UPSAMPLE_MODES = ("bicubic", "bilinear")
 
 
+#: Opset 20 exports tanh-GELU as one ``Gelu`` node, which ONNX Runtime runs ~1.5x faster than the ~9 elementwise
+#: nodes of opset 17 (upstream's). The I/O contract is the same at either opset.
+DEFAULT_OPSET = 20
+
+
 @dataclass
 class OnnxExportOptions:
     """What to export and how (mirrors ``edgesam export-onnx`` options)."""
@@ -34,7 +39,7 @@ class OnnxExportOptions:
     model_type: str = "edge_sam_dyt"
     out_dir: Path | None = None
     name: str | None = None
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     upsample_mode: str = "bicubic"
     simplify: bool | None = None
     upsample: bool = False
@@ -43,6 +48,9 @@ class OnnxExportOptions:
     multi_box: bool = False
     tolerance: float = 1e-5
     fuse: bool = True
+    #: ONNX Runtime specific rewrites (matrix-product upsampling, expanded SE gates). Off for graphs that other
+    #: converters read (onnx2tf mistranslates them); ``--portable`` also picks opset 17.
+    runtime_rewrites: bool = True
 
 
 @dataclass
@@ -156,23 +164,19 @@ def _export_decoder(model: Any, embedding: Any, interm: list | None, dst: Path, 
     return _finalize(tmp, dst, opts.simplify, notes, name)
 
 
-def reparameterized_copy(model: Any) -> tuple[Any, int]:
-    """A copy of ``model`` whose RepViT encoder has every Conv+BN and RepVGGDW block folded into one conv.
+def reparameterized_copy(model: Any, for_export: bool = True) -> tuple[Any, int]:
+    """A copy of ``model`` in its export inference form (see :mod:`edgesam_core.models.inference_form`).
 
-    Smaller, faster graphs, and fewer activations to calibrate for int8 (upstream's ONNX branch fuses too).
-    Returns ``(copy, number of RepVGGDW blocks folded)``; non-RepViT models come back unchanged with 0.
+    RepViT BatchNorms and RepVGG branches folded, neck and DyT alphas folded, bicubic upsampling as matrix
+    products, squeeze-excite gates expanded, decoder deconvolutions as 1x1 conv + pixel shuffle: smaller,
+    faster graphs and fewer activations to calibrate for int8. Returns ``(copy, RepVGGDW blocks folded)``.
     """
     import copy
 
-    from edgesam_core.models.image_encoder_repvit import RepVGGDW, RepViTEncoder
-    from edgesam_core.models.reparam import reparameterize_repvit
+    from edgesam_core.models.inference_form import to_inference_form
 
-    if not isinstance(model.image_encoder, RepViTEncoder):
-        return model, 0
     fused = copy.deepcopy(model).eval()
-    count = sum(isinstance(m, RepVGGDW) for m in fused.image_encoder.modules())
-    reparameterize_repvit(fused.image_encoder)
-    return fused, count
+    return fused, to_inference_form(fused, for_export=for_export)["repvgg_blocks"]
 
 
 def prepare_image(model: Any, image: Any) -> Any:
@@ -362,7 +366,7 @@ def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: A
     sidecars: dict[str, Path] = {}
     try:
         # The graphs come from a re-parameterised copy; parity is checked against the untouched model.
-        export_model, fused = reparameterized_copy(model) if opts.fuse else (model, 0)
+        export_model, fused = reparameterized_copy(model, opts.runtime_rewrites) if opts.fuse else (model, 0)
         task = progress.add_task("Exporting ONNX", total=len(planned) + 1)
         x = prepare_image(model, synthetic_image())
         with torch.no_grad():

@@ -101,7 +101,8 @@ def _load_graph(onnx: Any, path: Path, role: str) -> Any:
 
 def resolve_onnx_pair(source: str | Path, output_dir: str | Path | None = None, *, variant: str | None = None,
                       upsample_mode: str | None = None, simplify: bool | None = None,
-                      progress: Progress | None = None) -> OnnxPair:
+                      progress: Progress | None = None, opset: int | None = None,
+                      portable: bool = False) -> OnnxPair:
     """Find (or create) the ONNX pair behind ``source``.
 
     Args:
@@ -139,6 +140,10 @@ def resolve_onnx_pair(source: str | Path, output_dir: str | Path | None = None, 
                              simplify=simplify)
     if upsample_mode:
         opts.upsample_mode = upsample_mode
+    if opset:
+        opts.opset = opset
+    if portable:  # graphs for other converters: opset 17, no ONNX Runtime specific rewrites
+        opts.opset, opts.runtime_rewrites = 17, False
     (progress or NullProgress()).log(f"exporting {source.name} to ONNX first ...")
     result = export_onnx(source, opts, progress=progress)
     encoder, decoder = result.files["encoder"], result.files["decoder"]

@@ -270,7 +270,9 @@ def build_trt(source: str | Path, output_dir: str | Path | None = None, *, varia
     trt = require_tensorrt_gpu()
     progress = progress or NullProgress()
     # No onnxsim: some versions fuse an opset-23 Attention op into opset-17 graphs, which parsers reject.
-    pair: OnnxPair = resolve_onnx_pair(source, output_dir, variant=variant, simplify=False, progress=progress)
+    # A portable graph from a checkpoint: opset 17, which every TensorRT 10 parser takes.
+    pair: OnnxPair = resolve_onnx_pair(source, output_dir, variant=variant, simplify=False, progress=progress,
+                                       portable=True)
     out_dir = Path(output_dir) if output_dir else pair.encoder.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or pair.name

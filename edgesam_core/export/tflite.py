@@ -295,7 +295,7 @@ def convert_tflite(source: str | Path, output_dir: str | Path | None = None, *, 
     onnx = deps.require("onnx", purpose="TFLite conversion")
     progress = progress or NullProgress()
     pair: OnnxPair = resolve_onnx_pair(source, output_dir, variant=variant, upsample_mode=options.upsample_mode,
-                                       simplify=False, progress=progress)
+                                       simplify=False, progress=progress, portable=True)
     out_dir = Path(output_dir) if output_dir else pair.encoder.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or pair.name

@@ -57,12 +57,13 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_torch_predictor(path: str | Path, model: str | None = None, device: str = "cpu",
-                         decoder_source: Any = None) -> Predictor:
+                         decoder_source: Any = None, fast: bool = True) -> Predictor:
     """Build ``model`` from a PyTorch checkpoint and wrap it in a SamPredictor.
 
     Without ``model`` the variant is recognised from the checkpoint's keys and shapes (``edge_sam_dyt``
     when they match no registered variant, which then fails with a diagnostic mismatch error).
-    ``decoder_source`` completes an encoder-only (step-1) checkpoint (see ``build_sam``).
+    ``decoder_source`` completes an encoder-only (step-1) checkpoint (see ``build_sam``). With ``fast`` (the
+    default) the loaded model is put in its inference form (see :meth:`SamPredictor.to_inference_form`).
     """
     from edgesam_core.inference.predictor import SamPredictor
     from edgesam_core.models import build_sam
@@ -75,7 +76,10 @@ def load_torch_predictor(path: str | Path, model: str | None = None, device: str
                         decoder_source=decoder_source)
     else:
         sam = build_sam(model, checkpoint=Path(path), device=device, decoder_source=decoder_source)
-    return SamPredictor(sam)
+    predictor = SamPredictor(sam)
+    if fast:
+        predictor.to_inference_form()
+    return predictor
 
 
 def _factory_for(path: Path) -> Callable[..., Predictor]:

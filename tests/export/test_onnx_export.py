@@ -131,7 +131,7 @@ def test_sidecar_has_provenance_and_parity(dyt_debug_export):
         for key in ("model_type", "checkpoint_sha256", "opset", "exporter", "upsample_mode", "io", "parity",
                     "tolerance", "versions", "fused_repvgg_blocks"):
             assert key in meta, key
-        assert meta["model_type"] == "edge_sam_dyt_debug" and meta["opset"] == 17
+        assert meta["model_type"] == "edge_sam_dyt_debug" and meta["opset"] == 20
         assert meta["upsample_mode"] == "bicubic" and meta["parity"]["passed"] is True
         assert {"torch", "onnx", "onnxruntime"} <= set(meta["versions"])
         assert meta["parity"]["entries"] and all(e["graph"] == role for e in meta["parity"]["entries"])

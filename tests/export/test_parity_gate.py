@@ -69,8 +69,8 @@ def test_export_onnx_exits_4_on_a_deliberately_broken_export(tmp_path, capsys, m
     _, ckpt = _checkpoint(tmp_path, variant)
     broken_calls = []
 
-    def broken_copy(model):
-        fused, count = real_copy(model)
+    def broken_copy(model, *args, **kwargs):
+        fused, count = real_copy(model, *args, **kwargs)
         if not broken_calls:  # the first copy is the graph that gets exported; the gate's own copies stay right
             broken_calls.append(True)
             fused = breakage(copy.deepcopy(fused))

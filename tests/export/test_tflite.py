@@ -38,7 +38,8 @@ def converted(tmp_path_factory):
     model = perturb_prompt_path(build_sam("edge_sam_dyt_debug")).eval()
     root = tmp_path_factory.mktemp("tflite")
     onnx_files = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=root, name="dbg",
-                                                     simplify=False), model=model).files
+                                                     simplify=False, opset=17, runtime_rewrites=False),
+                             model=model).files
     calib = root / "calib"
     calib.mkdir()
     for i in range(3):

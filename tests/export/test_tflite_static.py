@@ -31,7 +31,7 @@ def debug_pair(tmp_path_factory):
     model = perturb_prompt_path(build_sam("edge_sam_dyt_debug")).eval()
     out = tmp_path_factory.mktemp("onnx_pair")
     result = export_onnx(None, OnnxExportOptions(model_type="edge_sam_dyt_debug", out_dir=out, name="dbg",
-                                                 simplify=False), model=model)
+                                                 simplify=False, opset=17, runtime_rewrites=False), model=model)
     return result.files
 
 
@@ -93,10 +93,22 @@ def test_static_decoder_matches_dynamic_decoder(debug_pair, num_points):
     assert compared >= 2
 
 
-def test_static_encoder_swaps_bicubic_for_bilinear(debug_pair):
-    from edgesam_core.export.onnx_static import prepare_static_graph
+def test_static_encoder_swaps_a_cubic_resize_for_bilinear(tmp_path):
+    """Graphs from other exporters (upstream's, ours before 0.2) carry a cubic Resize LiteRT cannot run."""
+    import torch
 
-    original = onnx.load(str(debug_pair["encoder"]))
+    from edgesam_core.export.onnx_export import torch_onnx_export
+    from edgesam_core.export.onnx_static import prepare_static_graph
+    from edgesam_core.export.wrappers import ENCODER_INPUTS, EncoderForExport, encoder_output_names
+    from edgesam_core.models import build_sam
+
+    torch.manual_seed(0)
+    plain = build_sam("edge_sam_dyt_debug").eval()  # not in inference form: F.interpolate(bicubic)
+    path = tmp_path / "legacy_encoder.onnx"
+    with torch.no_grad():
+        torch_onnx_export(EncoderForExport(plain), (torch.zeros(1, 3, 128, 128),), path, ENCODER_INPUTS,
+                          encoder_output_names(False), {}, 17)
+    original = onnx.load(str(path))
     assert any(a.s == b"cubic" for n in original.graph.node if n.op_type == "Resize" for a in n.attribute)
     static = prepare_static_graph(original, "encoder")
     modes = [a.s for n in static.model.graph.node if n.op_type == "Resize" for a in n.attribute if a.name == "mode"]

@@ -40,11 +40,22 @@ def test_suffix_table_is_resolved_lazily(tmp_path, monkeypatch):
 def test_torch_checkpoint_round_trip(tmp_path, debug_model):
     path = tmp_path / "w.pt"
     torch.save(debug_model.state_dict(), path)
-    predictor = load.load_predictor(path, model="edge_sam_dyt_debug")
+    predictor = load.load_predictor(path, model="edge_sam_dyt_debug", fast=False)
     assert predictor.model.variant == "edge_sam_dyt_debug" and not predictor.is_hq
     for name, tensor in debug_model.state_dict().items():
         torch.testing.assert_close(predictor.model.state_dict()[name], tensor)
-    assert load.load_predictor(path).model.variant == "edge_sam_dyt_debug"  # recognised from the weights
+    fast = load.load_predictor(path)  # default: inference form (folded, channels-last)
+    assert fast.model.variant == "edge_sam_dyt_debug" and fast.channels_last  # recognised from the weights
+    # The inference form computes the same function: embeddings and logits agree to fp32 noise.
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    for p in (predictor, fast):
+        p.set_image(image)
+    torch.testing.assert_close(fast.get_image_embedding(), predictor.get_image_embedding(), atol=1e-5, rtol=1e-4)
+    a = predictor.predict(point_coords=np.array([[40, 30]]), point_labels=np.array([1]), return_logits=True)
+    b = fast.predict(point_coords=np.array([[40, 30]]), point_labels=np.array([1]), return_logits=True)
+    np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-4 * max(1.0, np.abs(a.low_res_logits).max()))
 
 
 def test_resolve_device():

@@ -1,0 +1,183 @@
+"""The inference form of a SAM model: the same function, rewritten to run fast on CPUs and in ONNX Runtime.
+
+Every rewrite is exact in real arithmetic (the export gate checks that in float64) and only changes fp32
+rounding:
+
+* RepViT: BatchNorms and RepVGG branches folded into single convolutions (:func:`reparameterize_repvit`);
+* the neck's 1x1 convolution folded into the two fuse convolutions (the x2 upsampling between them is linear
+  and per channel, so it commutes with channel mixing), and each DyT's ``alpha`` folded into the convolution
+  before it;
+* in PyTorch, the mask decoder's stride-2 ``ConvTranspose2d(k=2)`` layers as a 1x1 convolution plus
+  ``pixel_shuffle`` (exports keep the deconvolutions, which ONNX Runtime runs faster than MatMul + DepthToSpace);
+* for export only (``for_export=True``): the neck's fixed-size bicubic upsampling as two small matrix products
+  ``A @ X @ B`` (ONNX Runtime's cubic ``Resize`` took ~16 % of the encoder), and each squeeze-excite gate
+  expanded to the feature map's size with a nearest ``Resize`` before the multiply (ONNX Runtime keeps a
+  full-size product in its blocked layout, but converts layouts around a broadcast one).
+
+Training keeps the plain model: load weights first, then call :func:`to_inference_form` on a model (or a copy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .image_encoder_repvit import RepViTEncoder, SqueezeExcite
+from .layers.common import UpSampleLayer
+from .layers.dyt import DynamicTanh
+from .reparam import reparameterize_repvit
+
+
+class SeparableUpsample(nn.Module):
+    """``F.interpolate(x, scale_factor, mode, align_corners=False)`` for fixed input sizes as ``A @ x @ B``.
+
+    The matrices are PyTorch's own 1-D interpolation weights (obtained by interpolating the identity in
+    float64), so the result equals ``F.interpolate`` up to fp32 summation order. They are built per input size
+    on first use; traced into ONNX they become two constant ``MatMul`` operands.
+    """
+
+    def __init__(self, factor: int, mode: str) -> None:
+        super().__init__()
+        self.factor, self.mode = factor, mode
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def interpolation_matrix(size: int, factor: int, mode: str) -> torch.Tensor:
+        """``(size * factor, size)`` float64 matrix of 1-D ``mode`` interpolation (align_corners=False)."""
+        eye = torch.eye(size, dtype=torch.float64)[None, None]  # (1, 1, size, size): columns are unit vectors
+        up = F.interpolate(eye, size=(size * factor, size), mode=mode, align_corners=False)
+        return up[0, 0]
+
+    def _matrices(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        key = (h, w, x.dtype, x.device)
+        if key not in self._cache:
+            rows = self.interpolation_matrix(h, self.factor, self.mode).to(x.dtype).to(x.device)
+            cols = self.interpolation_matrix(w, self.factor, self.mode).t().contiguous().to(x.dtype).to(x.device)
+            self._cache[key] = (rows, cols)
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self._matrices(x)
+        return torch.matmul(torch.matmul(rows, x), cols)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}, mode={self.mode}"
+
+
+class ExpandedGateSqueezeExcite(nn.Module):
+    """:class:`SqueezeExcite` whose gate is expanded to the input's size before the multiply (export form)."""
+
+    def __init__(self, se: SqueezeExcite) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = se.fc1, se.act, se.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+        return x * F.interpolate(gate, size=x.shape[-2:], mode="nearest")
+
+
+class PixelShuffleUpsample(nn.Module):
+    """``ConvTranspose2d(kernel_size=2, stride=2)`` as a 1x1 convolution to 4x the channels + ``pixel_shuffle``."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        cin, cout = deconv.in_channels, deconv.out_channels
+        # ConvTranspose weight (cin, cout, 2, 2): out[o, 2i+a, 2j+b] = sum_c w[c, o, a, b] x[c, i, j] + bias[o].
+        # pixel_shuffle reads channel o*4 + a*2 + b into position (a, b) of output channel o.
+        weight = deconv.weight.detach().permute(1, 2, 3, 0).reshape(cout * 4, cin, 1, 1)
+        self.conv = nn.Conv2d(cin, cout * 4, 1, bias=deconv.bias is not None,
+                              device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            if deconv.bias is not None:
+                self.conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+def _is_stride2_deconv(module: nn.Module) -> bool:
+    return (isinstance(module, nn.ConvTranspose2d) and tuple(module.kernel_size) == (2, 2)
+            and tuple(module.stride) == (2, 2) and tuple(module.padding) == (0, 0) and module.groups == 1
+            and tuple(module.output_padding) == (0, 0) and tuple(module.dilation) == (1, 1))
+
+
+@torch.no_grad()
+def _scale_out_channels(conv: nn.Conv2d, scale: torch.Tensor) -> None:
+    conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+    if conv.bias is not None:
+        conv.bias.mul_(scale)
+
+
+@torch.no_grad()
+def fold_neck(encoder: RepViTEncoder) -> int:
+    """Fold the neck's first 1x1 conv into the fuse convs and DyT alphas into the convs before them.
+
+    Returns the number of folds made (0 when the neck is not the plain conv/norm/conv/norm layout).
+    """
+    neck = encoder.neck
+    conv_in = encoder.fuse_stage3.op_list[0]
+    if not (isinstance(neck, nn.Sequential) and len(neck) == 4 and isinstance(neck[0], nn.Conv2d)
+            and tuple(neck[0].kernel_size) == (1, 1) and neck[0].bias is None
+            and isinstance(encoder.fuse_stage2, nn.Conv2d) and isinstance(conv_in, nn.Conv2d)):
+        return 0
+    mix = neck[0].weight[:, :, 0, 0]  # (out, in)
+    for conv in (encoder.fuse_stage2, conv_in):
+        if conv.bias is not None:
+            return 0
+        conv.weight.copy_(torch.einsum("oc,cikl->oikl", mix, conv.weight))
+    neck[0] = nn.Identity()
+    folds = 1
+    # DyT(x) = w * tanh(alpha * x) + b: alpha moves into the (bias-free, linear) producer of x.
+    if isinstance(neck[1], DynamicTanh):
+        alpha = neck[1].alpha.detach().clone()
+        for conv in (encoder.fuse_stage2, conv_in):
+            _scale_out_channels(conv, alpha.expand(conv.out_channels))
+        neck[1].alpha.fill_(1.0)
+        folds += 1
+    if isinstance(neck[3], DynamicTanh) and isinstance(neck[2], nn.Conv2d):
+        _scale_out_channels(neck[2], neck[3].alpha.detach().clone().expand(neck[2].out_channels))
+        neck[3].alpha.fill_(1.0)
+        folds += 1
+    return folds
+
+
+def _replace(parent: nn.Module, should: type | tuple, make) -> int:
+    count = 0
+    for name, child in parent.named_children():
+        if isinstance(child, should) and (not isinstance(child, nn.ConvTranspose2d) or _is_stride2_deconv(child)):
+            setattr(parent, name, make(child))
+            count += 1
+        else:
+            count += _replace(child, should, make)
+    return count
+
+
+@torch.no_grad()
+def to_inference_form(model: nn.Module, for_export: bool = False) -> dict[str, int]:
+    """Rewrite ``model`` (a ``Sam``) in place into its inference form; returns what was rewritten.
+
+    Args:
+        model: an eval-mode model with its weights loaded (its state dict no longer matches checkpoints after).
+        for_export: also apply the ONNX Runtime specific rewrites (matrix-product upsampling, expanded SE gates).
+    """
+    model.eval()
+    done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0}
+    encoder = getattr(model, "image_encoder", None)
+    if isinstance(encoder, RepViTEncoder):
+        from .image_encoder_repvit import RepVGGDW
+
+        done["repvgg_blocks"] = sum(isinstance(m, RepVGGDW) for m in encoder.modules())
+        reparameterize_repvit(encoder)
+        done["neck_folds"] = fold_neck(encoder)
+        if for_export:
+            done["upsamplers"] = _replace(encoder, UpSampleLayer, lambda m: SeparableUpsample(m.factor, m.mode))
+            done["se_gates"] = _replace(encoder, SqueezeExcite, ExpandedGateSqueezeExcite)
+    decoder = getattr(model, "mask_decoder", None)
+    if decoder is not None and not for_export:
+        # PyTorch runs the GEMM + pixel shuffle ~25 % faster; ONNX Runtime runs its ConvTranspose faster than
+        # the MatMul + DepthToSpace pair (measured 41 vs 55 ms per click), so exports keep the deconvolutions.
+        done["deconvs"] = _replace(decoder, nn.ConvTranspose2d, PixelShuffleUpsample)
+    return done

@@ -1,0 +1,53 @@
+"""The inference form computes the same function: every rewrite checked in float64, where rounding vanishes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgesam_core.models import build_sam
+from edgesam_core.models.inference_form import PixelShuffleUpsample, SeparableUpsample, to_inference_form
+from tests.helpers.realistic import realistic_batchnorm
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("size", [(32, 32), (8, 12)])
+def test_separable_upsample_is_torch_interpolate(mode, size):
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    expected = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+    torch.testing.assert_close(SeparableUpsample(2, mode)(x), expected, atol=1e-12, rtol=0)
+
+
+def test_pixel_shuffle_upsample_is_the_deconvolution():
+    deconv = torch.nn.ConvTranspose2d(16, 8, kernel_size=2, stride=2).double()
+    x = torch.randn(3, 16, 7, 9, dtype=torch.float64)
+    torch.testing.assert_close(PixelShuffleUpsample(deconv)(x), deconv(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_debug", "edge_sam_dyt_hq_debug"])
+@pytest.mark.parametrize("for_export", [False, True])
+def test_inference_form_equals_the_model_in_float64(variant, for_export):
+    torch.manual_seed(0)
+    model = realistic_batchnorm(build_sam(variant)).double().eval()
+    fast = copy.deepcopy(model)
+    done = to_inference_form(fast, for_export=for_export)
+    assert done["repvgg_blocks"] > 0 and done["neck_folds"] >= 1
+    assert (done["deconvs"] > 0) is (not for_export) and (done["upsamplers"] > 0) is for_export
+    x = torch.randn(1, 3, model.img_size, model.img_size, dtype=torch.float64)
+    coords = torch.tensor([[[30.0, 40.0], [90.0, 20.0]]], dtype=torch.float64)
+    labels = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        outs = []
+        for m in (model, fast):
+            feats = m.image_encoder(x)
+            emb, interm = (feats[0], list(feats[1])) if m.is_hq else (feats, None)
+            sparse, dense = m.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            kwargs = {"interm_embeddings": interm} if m.is_hq else {}
+            decoded = m.mask_decoder(emb, m.prompt_encoder.get_dense_pe(), sparse, dense,
+                                     num_multimask_outputs=4, **kwargs)  # (masks, iou); HQ: (hq, sam, iou)
+            outs.append((emb, *decoded))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-10 * max(1.0, a.abs().max().item()), rtol=0)
