@@ -3,7 +3,7 @@
 Exporter choice: ``torch.onnx.export(..., dynamo=False)``, the TorchScript-based tracer. On torch >= 2.9
 the default is the dynamo exporter, which rejects the decoder's data-dependent token selection (upstream's
 script fails under it) and names dynamic dimensions differently; the tracer reproduces upstream's graph and
-I/O contract (``shared/reference/onnx_io.md``). ``export_onnx`` passes ``dynamo=False`` explicitly so a
+I/O contract (``tests/fixtures/reference/onnx_io.md``). ``export_onnx`` passes ``dynamo=False`` explicitly so a
 torch upgrade can never switch exporters silently.
 """
 

@@ -1,6 +1,6 @@
 """Export-only ``nn.Module`` wrappers that give the ONNX graphs their fixed input/output contract.
 
-The decoder graphs reproduce upstream's I/O names, dtypes and input order (``shared/reference/onnx_io.md``)
+The decoder graphs reproduce upstream's I/O names, dtypes and input order (``tests/fixtures/reference/onnx_io.md``)
 but compute what the PyTorch prompt encoder computes: a padding point is appended when no valid box is
 given, label -2 zeroes its whole token, labels 2/3 get the box-corner embeddings, and the HQ ``scores``
 are the IoU of mask token 0 (what the PyTorch predictor reports). Every tracing-specific choice lives
