@@ -385,28 +385,23 @@ def plan_segment(
 
 
 def check_out_dir_spares_inputs(source: Path, out_dir: Path) -> None:
-    """Refuse an output folder whose results would overwrite, delete or mix with the input images.
+    """Refuse a folder run whose ``--out`` is the folder it reads.
 
-    A folder run may not write into the folder it reads (its masks and overlays are images: a second run
-    would segment them, and a user's own ``a_mask0.png`` would be replaced). For a single image no output
-    name may equal the image itself.
+    Its masks and overlays are images: they would overwrite a user's own ``a_mask0.png``, and a second run would
+    segment them. (A single image can never be overwritten: every output name adds a suffix to its stem.)
 
     Raises:
         InputError: with the fix (another ``--out``).
     """
-    source_dir = source if source.is_dir() else source.parent
+    if not source.is_dir():
+        return
     try:
-        same = out_dir.exists() and os.path.samefile(out_dir, source_dir)
+        same = out_dir.exists() and os.path.samefile(out_dir, source)
     except OSError:
         same = False
-    if source.is_dir() and same:
+    if same:
         raise InputError(f"--out {out_dir} is the input folder: results would overwrite or mix with the input "
                          f"images; pass another folder, e.g. --out {source.name or 'segment'}_masks")
-    if same and source.is_file():
-        stem = source.stem
-        if source.name in (f"{stem}_overlay.png", f"{stem}.json") or re.fullmatch(
-                re.escape(stem) + r"_mask\d+\.png", source.name):
-            raise InputError(f"--out {out_dir} would overwrite the input {source.name}; pass another folder")
 
 
 def resolve_model_source(checkpoint: Path | None, model: str | None, hq: bool,
