@@ -40,6 +40,11 @@ def _table(report: dict[str, Any]) -> Any:
          f"{lat['encoder_fp32']:.1f} / {lat['encoder_int8']:.1f}"),
         ("decoder ms, fp32 / int8", f"{lat['decoder_fp32']:.2f} / {lat['decoder_int8']:.2f}"),
     ]
+    for graph in ("encoder", "decoder"):
+        entries = [e for e in report.get("parity", {}).get("entries", []) if e["graph"] == graph]
+        if entries:
+            rows.append((f"{graph}: worst distance from float64 / int8 noise limit",
+                         f"{max(e['excess'] for e in entries):.2f}x"))
     for name, size in report["size_bytes"].items():
         rows.append((f"size {name}", f"{size / 1e6:.2f} MB"))
     for row in rows:

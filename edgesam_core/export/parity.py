@@ -105,6 +105,8 @@ class ParityReport:
     noise_factor: float = NOISE_FACTOR
     #: Static prompt layouts only: how much padding a prompt to the layout changes each output.
     padding: list[dict[str, Any]] = field(default_factory=list)
+    #: What the distances are measured from.
+    reference: str = "float64 model"
 
     def _absolute(self, entry: ParityEntry) -> float:
         tolerance = self.tolerance if entry.absolute is None else entry.absolute
@@ -156,16 +158,16 @@ class ParityReport:
     def for_graph(self, graph: str) -> ParityReport:
         """The entries of one graph only (for that graph's sidecar; the decoder keeps its as-given entries)."""
         return ParityReport(self.tolerance, [e for e in self.entries if e.graph.split(" (")[0] == graph],
-                            self.noise_factor, list(self.padding) if graph == "decoder" else [])
+                            self.noise_factor, list(self.padding) if graph == "decoder" else [], self.reference)
 
     def describe(self, entry: ParityEntry) -> str:
         """One line: what differed, by how much, against which limit."""
         return (f"max |diff| {entry.max_abs:.3g} (limit {self.limit(entry):.3g}), rms {entry.rms:.3g} "
-                f"(limit {self.rms_limit(entry):.3g}) on {entry.graph}/{entry.case}/{entry.output}; "
-                f"fp32 PyTorch is {entry.floor_max:.3g} max / {entry.floor_rms:.3g} rms from float64")
+                f"(limit {self.rms_limit(entry):.3g}) on {entry.graph}/{entry.case}/{entry.output} from the "
+                f"{self.reference}; the noise floor there is {entry.floor_max:.3g} max / {entry.floor_rms:.3g} rms")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tolerance": self.tolerance, "noise_factor": self.noise_factor,
+        return {"reference": self.reference, "tolerance": self.tolerance, "noise_factor": self.noise_factor,
                 "tolerance_rule": "against the float64 model: max_abs <= noise_factor * floor_max + tolerance * "
                                   "max(1, ref_abs_max) and rms <= noise_factor * floor_rms + tolerance * "
                                   "max(1, ref_abs_max); floor = fp32 PyTorch's distance from float64",

@@ -42,6 +42,10 @@ class QuantizeOptions:
     seed: int = 0
 
 
+#: The rule's absolute term for the int8 report (the floor carries int8's rounding).
+FLOOR_TOLERANCE_INT8 = 1e-5
+
+
 @dataclass
 class QuantizeReport:
     """What was written and how close int8 stays to fp32."""
@@ -64,6 +68,9 @@ class QuantizeReport:
     latency_runs: int
     threads: int
     notes: list[str] = field(default_factory=list)
+    #: Both int8 graphs against the float64 model under the noise-floor rule at int8's rounding (reported,
+    #: not gated): see ``compare_with_onnxruntime``.
+    parity: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,6 +289,7 @@ def quantize_pair(fp32_encoder: str | Path, opts: QuantizeOptions, progress: Pro
                 reference = fp32.predict(**args).masks
                 ious.append(_iou(reference, int8.predict(**args).masks))
                 iou_mixed.append(_iou(reference, mixed.predict(**args).masks))
+    parity = _float64_parity(fp32_encoder, int8.encoder, int8.decoder)
     progress.advance(task)
 
     progress.update(task, description="Timing fp32 vs int8")
@@ -310,8 +318,25 @@ def quantize_pair(fp32_encoder: str | Path, opts: QuantizeOptions, progress: Pro
     return QuantizeReport(
         str(fp32_encoder), str(fp32_decoder), str(int8_encoder), str(int8_decoder),
         len(calib_paths), len(eval_paths), sizes, cos_mean, cos_min, pt_mean, pt_min, box_mean, box_min,
-        stats(iou_mixed)[0], latency, opts.latency_runs, opts.threads, notes,
+        stats(iou_mixed)[0], latency, opts.latency_runs, opts.threads, notes, parity,
     )
+
+
+def _float64_parity(fp32_encoder: Path, encoder: Any, decoder: Any) -> dict[str, Any]:
+    """The int8 sessions judged by the same noise-floor rule as every backend, at int8's rounding (report only).
+
+    ``excess`` per entry is the distance over the limit (> 1: beyond what int8 rounding alone explains).
+    """
+    from edgesam_core.export.runtime_pair import compare_with_onnxruntime, resolve_onnx_pair
+
+    pair = resolve_onnx_pair(fp32_encoder)
+    report = compare_with_onnxruntime(pair, {"encoder": encoder, "decoder": decoder},
+                                      tolerance=FLOOR_TOLERANCE_INT8, precision="int8")
+    payload = report.to_dict()
+    payload["gated"] = False
+    for item, entry in zip(payload["entries"], report.entries):
+        item["excess"] = report.excess(entry)
+    return payload
 
 
 def _write_int8_sidecars(pairs: Iterable[tuple[Path, Path]], opts: QuantizeOptions, n_calib: int) -> None:

@@ -68,6 +68,7 @@ def _graph_metadata(encoder: Path, decoder: Path) -> dict[str, Any]:
         for key in ("model_type", "is_hq", "img_size", "checkpoint", "checkpoint_sha256", "upsample_mode"):
             if key in data:
                 meta[key] = data[key]
+    meta["float64_parity"] = {**_float64_record(encoder), **_float64_record(decoder)}
     from edgesam_core.deps import require
 
     onnx = require("onnx", purpose="reading ONNX graphs")
@@ -81,6 +82,33 @@ def _graph_metadata(encoder: Path, decoder: Path) -> dict[str, Any]:
     last = mask_dims[-1].dim_value if mask_dims and mask_dims[-1].HasField("dim_value") else 0
     meta["mask_size"] = int(last) or 4 * meta["embedding_grid"]
     return meta
+
+
+def _float64_record(graph: Path) -> dict[str, dict[str, float]]:
+    """The export's float64 parity entries of ``graph`` (its sidecar), keyed ``graph/case/output``.
+
+    Each keeps how far ONNX Runtime landed from the float64 model (``max_abs``, ``rms``) and the fp32 noise
+    floor there (``floor_max``, ``floor_rms``). Empty for graphs without an edgesam sidecar, or whose
+    sidecar no longer matches the file.
+    """
+    sidecar = graph.with_suffix(".json")
+    try:
+        data = json.loads(sidecar.read_text())
+        entries = data["parity"]["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if data.get("file") not in (None, graph.name):
+        return {}
+    record = {}
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            if entry.get("absolute") is not None or not entry.get("floor_max"):
+                continue  # float64-vs-float64 fold checks and entries without a measured floor
+            record[f"{entry['graph']}/{entry['case']}/{entry['output']}"] = {
+                k: float(entry[k]) for k in ("max_abs", "rms", "floor_max", "floor_rms")}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return record
 
 
 def _load_graph(onnx: Any, path: Path, role: str) -> Any:
@@ -207,21 +235,66 @@ def _mask_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(ma, mb).sum() / union) if union else 1.0
 
 
+#: Unit roundoff of each precision. A floor measured for fp32 is scaled by ``EPS[p] / EPS["fp32"]`` for a
+#: runtime that computes (or stores weights) in precision ``p``; int8 uses half a step of a 256-level scale.
+EPS = {"fp32": 2.0**-24, "fp16": 2.0**-11, "int8": 2.0**-9}
+
+
+#: The absolute term of the rule when the pair carries its float64 record (export-onnx's default).
+FLOOR_TOLERANCE = 1e-5
+
+
+def default_tolerance(pair: OnnxPair, fixed: float | None) -> float | None:
+    """A backend's default ``tolerance``: :data:`FLOOR_TOLERANCE` where the float64 floors are known, else
+    the backend's ``fixed`` tolerance against ONNX Runtime (``None``: report only, as for int8)."""
+    if fixed is None:
+        return None
+    return FLOOR_TOLERANCE if pair.metadata.get("float64_parity") else fixed
+
+
 def compare_with_onnxruntime(pair: OnnxPair, runners: Mapping[str, Any], tolerance: float,
                              image: np.ndarray | None = None,
-                             references: Mapping[str, str | Path | bytes] | None = None) -> Any:
+                             references: Mapping[str, str | Path | bytes] | None = None,
+                             precision: str = "fp32") -> Any:
     """Run ``runners`` (by role) and ONNX Runtime on the same fixed inputs; returns a ``ParityReport``.
+
+    The rule is export-onnx's: distance from the float64 model within ``noise_factor`` x the fp32 noise
+    floor (scaled to ``precision``, see :data:`EPS`) plus ``tolerance`` x max(1, |ref|). The float64 model is
+    not at hand here, so each entry's distance is bounded by the triangle inequality: the runner's distance
+    from ONNX Runtime on these inputs plus ONNX Runtime's distance from float64 that the export recorded in
+    its sidecar on the same inputs, with the floor measured there. A pair without that record (not written
+    by edgesam) is judged on its distance from ONNX Runtime with ``tolerance`` alone.
 
     The decoder is fed ONNX Runtime's encoder outputs so its figures measure the decoder alone. Runners with
     a ``prepare_feed`` (static prompt layouts, padded with label -1 points) are compared twice: with ONNX
     Runtime on the same padded prompt (the conversion), and with ONNX Runtime on the prompt as given (what the
     user gets); padding's own effect is measured, listed in ``report.padding`` and allowed for in the
-    second comparison. Prompt cases the runner cannot take are left out.
+    second comparison. Prompt cases the runner cannot take are left out. ``references`` replaces a role's
+    ONNX reference (e.g. an encoder with a substituted op): its entries measure the conversion only.
     """
     from edgesam_core.export import parity as P
 
     references = dict(references or {})
-    report = P.ParityReport(tolerance)
+    record: dict[str, dict[str, float]] = pair.metadata.get("float64_parity") or {}
+    scale = EPS[precision] / EPS["fp32"]
+    report = P.ParityReport(tolerance, reference=(
+        f"float64 model, bounded via ONNX Runtime (floors from the export, x{scale:g} for {precision})"
+        if record else "ONNX Runtime fp32 (the pair has no float64 record)"))
+
+    def add(graph: str, case: str, output: str, got: np.ndarray, ref: np.ndarray, own_reference: bool,
+            absolute: float | None = None) -> None:
+        known = record.get(f"{graph.split(' (')[0]}/{case}/{output}")
+        report.add(graph, case, output, np.asarray(got), ref, absolute=absolute)
+        if known is None:
+            return
+        entry = report.entries[-1]
+        if own_reference:  # the record's ONNX Runtime run had these very inputs: bound the distance from float64
+            entry.max_abs += known["max_abs"]
+            entry.rms += known["rms"]
+        # Otherwise (a padded prompt, a substituted op) the reference is ONNX Runtime on the runner's own input
+        # and the entry measures the conversion; the floor of the nearly identical recorded input still holds.
+        entry.floor_max, entry.floor_rms = scale * known["floor_max"], scale * known["floor_rms"]
+
     img_size = int(pair.metadata["img_size"])
     x = encoder_input(img_size, image)
     ref_encoder = _session(references.get("encoder", pair.encoder))
@@ -230,10 +303,11 @@ def compare_with_onnxruntime(pair: OnnxPair, runners: Mapping[str, Any], toleran
     if "encoder" in runners:
         got = runners["encoder"].run(None, {"image": x})
         for name, ref, out in zip(names, ref_feats, got):
-            report.add("encoder", "synthetic", name, np.asarray(out), ref)
+            add("encoder", "synthetic", name, out, ref, "encoder" not in references)
     if "decoder" in runners:
         runner = runners["decoder"]
         ref_decoder = _session(references.get("decoder", pair.decoder))
+        own = "decoder" not in references
         out_names = [o.name for o in ref_decoder.get_outputs()]
         for case_name, case in P.prompt_cases(img_size).items():
             given = P.decoder_feed(case, ref_feats[0], ref_feats[1:] if pair.metadata.get("is_hq") else None)
@@ -246,7 +320,8 @@ def compare_with_onnxruntime(pair: OnnxPair, runners: Mapping[str, Any], toleran
             ref = ref_decoder.run(None, feed)
             got = runner.run(None, feed)
             for name, r, g in zip(out_names, ref, got):
-                report.add("decoder", case_name, name, np.asarray(g), r)
+                # The padded prompt is another input than the export's record: the conversion alone.
+                add("decoder", case_name, name, g, r, own and feed is given)
             if feed is not given:
                 # The user's prompt as given, without the static layout's padding: what padding itself
                 # changes is measured, said in the sidecar, and allowed for; the rest must be conversion noise.
@@ -255,6 +330,6 @@ def compare_with_onnxruntime(pair: OnnxPair, runners: Mapping[str, Any], toleran
                     effect = float(np.abs(padded.astype(np.float64) - r).max())
                     report.padding.append({"case": case_name, "output": name, "max_abs_change": effect,
                                            "mask_agreement": _mask_agreement(padded, r) if name == "masks" else None})
-                    report.add("decoder (prompt as given)", case_name, name, np.asarray(g), r, absolute=(
+                    add("decoder (prompt as given)", case_name, name, g, r, own, absolute=(
                         report.tolerance + effect / max(1.0, float(np.abs(r).max()))))
     return report

@@ -14,6 +14,7 @@ REPORT_FIELDS = {
     "fp32_encoder", "fp32_decoder", "int8_encoder", "int8_decoder", "calib_images", "eval_images", "size_bytes",
     "embedding_cosine_mean", "embedding_cosine_min", "mask_iou_point_mean", "mask_iou_point_min",
     "mask_iou_box_mean", "mask_iou_box_min", "mask_iou_int8_encoder_only_mean", "latency_ms", "latency_runs", "threads", "notes",
+    "parity",
 }
 
 
@@ -48,6 +49,15 @@ def test_quantize_pair_report_and_loadable(dyt_debug_export, calib_dir, tmp_path
     assert data["mask_iou_box_mean"] >= 0.9 and data["mask_iou_box_min"] >= 0.85
     assert data["mask_iou_int8_encoder_only_mean"] >= 0.95
     assert data["mask_iou_point_min"] <= data["mask_iou_point_mean"] <= 1.0
+    # The same noise-floor rule as every backend, at int8's rounding: reported, not gated.
+    parity = data["parity"]
+    assert parity["gated"] is False and "float64" in parity["reference"]
+    entries = parity["entries"]
+    assert {e["graph"] for e in entries} == {"encoder", "decoder"}
+    # Measured on this debug model: 0.11 (encoder) to 0.57 (box scores) of the int8 limit; fp32's floor (2^15
+    # times smaller) would not explain int8's distance anywhere.
+    assert all(e["excess"] <= 1.0 for e in entries), entries
+    assert all(e["max_abs"] > 3 * e["floor_max"] / 2**15 + 1e-5 * max(1, e["ref_abs_max"]) for e in entries)
     import onnx
 
     from edgesam_core.export.sidecar import sidecar_path
