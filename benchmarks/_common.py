@@ -33,3 +33,22 @@ def emit_json(result: dict, out: str | Path | None) -> None:
     if out:
         Path(out).write_text(text + "\n")
     print(text)
+
+
+def interleaved_rounds(cases: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each case: one warm-up each, then ``rounds`` rounds visiting every case in turn
+    (interleaved, so drift in the machine's speed hits all cases alike)."""
+    import time
+
+    import torch
+
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    with torch.inference_mode():
+        for fn in cases.values():
+            fn()
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times

@@ -15,7 +15,6 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit_json  # noqa: E402
+from benchmarks._common import emit_json, interleaved_rounds  # noqa: E402
 
 
 def _session(path: Path, threads: int):
@@ -104,15 +103,7 @@ def main() -> None:
         "torch_predict_eager": lambda: plain.predict(**point),
         "torch_predict_ours": lambda: fast.predict(**point),
     }
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with torch.inference_mode():
-        for fn in cases.values():
-            fn()  # warm-up
-        for _ in range(args.rounds):
-            for name, fn in cases.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1000)
+    times = interleaved_rounds(cases, args.rounds)
     median = {name: statistics.median(v) for name, v in times.items()}
     ratios = {
         "onnx_encoder_ours/previous": median["onnx_encoder_ours"] / median["onnx_encoder_previous"],

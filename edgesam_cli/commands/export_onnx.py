@@ -12,7 +12,8 @@ from edgesam_cli.options import DecoderFromOpt, JsonResultOpt
 EXAMPLES = """
 [b]Examples[/b]
 
-  [dim]# encoder + decoder next to the checkpoint: weights/edge_sam_dyt_{encoder,decoder}.onnx (+ .json)[/dim]
+  [dim]# encoder + decoder next to the checkpoint: weights/edge_sam_dyt_{encoder,decoder}.onnx (+ .json),[/dim]
+  [dim]# plus the staged decoder the ONNX predictor runs: _decoder_image.onnx (per image), _decoder_prompts.onnx[/dim]
   edgesam export-onnx weights/edge_sam_dyt.pth
 
   [dim]# HQ model, decoder masks upsampled to 1024x1024, into exports/[/dim]
@@ -80,8 +81,9 @@ def command(
         "--fuse/--no-fuse", help="Fold BatchNorms and RepVGG branches into single convs before export "
                                  "(same outputs, smaller and faster graphs, better int8).")] = True,
     portable: Annotated[bool, typer.Option(
-        "--portable", help="Graphs for other converters (onnx2tf, TensorRT): opset 17 and none of the ONNX Runtime "
-                           "specific rewrites (matrix-product upsampling, expanded SE gates).")] = False,
+        "--portable", help="Graphs for other converters (onnx2tf, TensorRT): opset 17, none of the ONNX Runtime "
+                           "specific rewrites (matrix-product upsampling, expanded SE gates, channels-first "
+                           "decoder) and no staged decoder.")] = False,
     decoder_from: DecoderFromOpt = None,
     json_out: JsonResultOpt = False,
 ) -> None:

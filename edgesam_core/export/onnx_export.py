@@ -51,6 +51,9 @@ class OnnxExportOptions:
     #: ONNX Runtime specific rewrites (matrix-product upsampling, expanded SE gates). Off for graphs that other
     #: converters read (onnx2tf mistranslates them); ``--portable`` also picks opset 17.
     runtime_rewrites: bool = True
+    #: Also write the decoder in two stages (``_decoder_image`` once per image, ``_decoder_prompts`` per batch of
+    #: prompts), what the ONNX predictor runs when present. Not for HQ models; not with ``--portable``.
+    staged_decoder: bool = True
 
 
 @dataclass
@@ -63,12 +66,20 @@ class OnnxExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def output_paths(base: Path, multi_box: bool) -> dict[str, Path]:
-    """``<base>_encoder.onnx`` / ``<base>_decoder.onnx`` (/ ``<base>_decoder_multibox.onnx``)."""
+#: The two stages of the staged decoder, by role.
+STAGE_ROLES = ("decoder_image", "decoder_prompts")
+
+
+def output_paths(base: Path, multi_box: bool, staged: bool = False) -> dict[str, Path]:
+    """``<base>_encoder.onnx`` / ``<base>_decoder.onnx`` (/ ``<base>_decoder_multibox.onnx``, / the staged
+    decoder's ``<base>_decoder_image.onnx`` + ``<base>_decoder_prompts.onnx``)."""
     paths = {"encoder": base.with_name(base.name + "_encoder.onnx"),
              "decoder": base.with_name(base.name + "_decoder.onnx")}
     if multi_box:
         paths["decoder_multibox"] = base.with_name(base.name + "_decoder_multibox.onnx")
+    if staged:
+        for role in STAGE_ROLES:
+            paths[role] = base.with_name(f"{base.name}_{role}.onnx")
     return paths
 
 
@@ -131,6 +142,34 @@ def _export_encoder(model: Any, image: Any, dst: Path, opset: int, simplify: boo
     return _finalize(tmp, dst, simplify, notes, name)
 
 
+def _export_decoder_stage(model: Any, embedding: Any, role: str, dst: Path, opts: OnnxExportOptions,
+                          notes: list[str], name: str | None = None) -> bool:
+    """One stage of the staged decoder (see ``DecoderImageStageForExport`` / ``DecoderPromptStageForExport``)."""
+    import torch
+
+    from edgesam_core.export.wrappers import (
+        DECODER_OUTPUTS,
+        IMAGE_STAGE_OUTPUTS,
+        PROMPT_STAGE_INPUTS,
+        DecoderImageStageForExport,
+        DecoderPromptStageForExport,
+    )
+
+    image_stage = DecoderImageStageForExport(model).eval()
+    tmp = dst.with_name(dst.name + ".tmp")
+    if role == "decoder_image":
+        torch_onnx_export(image_stage, (embedding,), tmp, ["image_embeddings"], IMAGE_STAGE_OUTPUTS, {}, opts.opset)
+    else:
+        s = float(model.img_size)
+        coords = torch.tensor([[[0.2 * s, 0.3 * s], [0.5 * s, 0.5 * s], [0.1 * s, 0.1 * s]]]).repeat(2, 1, 1)
+        labels = torch.tensor([[1.0, -1.0, 2.0], [0.0, 1.0, 3.0]])
+        dyn = {"point_coords": {0: "num_prompts", 1: "num_points"}, "point_labels": {0: "num_prompts", 1: "num_points"},
+               "scores": {0: "num_prompts"}, "masks": {0: "num_prompts"}}
+        torch_onnx_export(DecoderPromptStageForExport(model).eval(), (*image_stage(embedding), coords, labels), tmp,
+                          PROMPT_STAGE_INPUTS, DECODER_OUTPUTS, dyn, opts.opset)
+    return _finalize(tmp, dst, opts.simplify, notes, name)
+
+
 def _export_decoder(model: Any, embedding: Any, interm: list | None, dst: Path, opts: OnnxExportOptions,
                     multi_box: bool, notes: list[str], name: str | None = None) -> bool:
     import torch
@@ -176,7 +215,8 @@ def reparameterized_copy(model: Any, for_export: bool = True) -> tuple[Any, int]
     from edgesam_core.models.inference_form import to_inference_form
 
     fused = copy.deepcopy(model).eval()
-    return fused, to_inference_form(fused, for_export=for_export)["repvgg_blocks"]
+    done = to_inference_form(fused, for_export=for_export, channels_first_decoder=for_export)
+    return fused, done["repvgg_blocks"]
 
 
 def prepare_image(model: Any, image: Any) -> Any:
@@ -258,6 +298,26 @@ def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: 
         for case_name, case in P.prompt_cases(model.img_size).items():
             decode("decoder", session, case_name, P.decoder_feed(case, emb_np, interm_np), case["coords"],
                    case["labels"], case["box"])
+    if "decoder_prompts" in files:
+        from edgesam_core.inference.onnx_predictor import pack_prompts
+
+        context = create_session(files["decoder_image"]).run(None, {"image_embeddings": emb_np})
+        stage = create_session(files["decoder_prompts"])
+        names = [i.name for i in stage.get_inputs()]
+        cases = dict(P.prompt_cases(model.img_size))
+        s = float(model.img_size)
+        # Several prompt sets in one call: the batch the automatic mask generator sends.
+        grid = np.array([[[0.25 * s, 0.3 * s]], [[0.6 * s, 0.55 * s]], [[0.8 * s, 0.2 * s]]], np.float32)
+        cases["3 points batched"] = {"coords": grid, "labels": np.ones((3, 1), np.float32), "box": None}
+        for case_name, case in cases.items():
+            coords, labels = pack_prompts(case["coords"], case["labels"], case["box"])
+            feed = dict(zip(names, [*context, coords, labels]))
+            scores, masks = stage.run(None, feed)
+            ref = P.torch_decode(model64, embedding, None, case["coords"], case["labels"], case["box"], False)
+            f32 = P.torch_decode(model, embedding, None, case["coords"], case["labels"], case["box"], False)
+            noisy = P.torch_decode(noisy_model, embedding, None, case["coords"], case["labels"], case["box"], False)
+            report.add("decoder_prompts", case_name, "scores", scores, ref[0], fp32=[f32[0], noisy[0]])
+            report.add("decoder_prompts", case_name, "masks", masks, ref[1], fp32=[f32[1], noisy[1]])
     if "decoder_multibox" in files:
         session = create_session(files["decoder_multibox"])
         s = float(model.img_size)
@@ -299,7 +359,8 @@ def _sidecar(role: str, path: Path, model: Any, checkpoint: Path | None, ckpt_sh
         "simplified": simplified,
         "fused_repvgg_blocks": fused,
         "io": io_spec(onnx.load(str(path), load_external_data=False)),
-        "parity": parity.for_graph(role).to_dict(),
+        # The image stage is checked through the prompt stage it feeds.
+        "parity": parity.for_graph("decoder_prompts" if role == "decoder_image" else role).to_dict(),
         "tolerance": opts.tolerance,
         "versions": library_versions(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -352,7 +413,8 @@ def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: A
     out_dir = Path(opts.out_dir) if opts.out_dir else (checkpoint.parent if checkpoint else Path.cwd())
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = opts.name or (checkpoint.stem if checkpoint else model.variant)
-    planned = output_paths(out_dir / stem, opts.multi_box and opts.decoder)
+    staged_decoder = opts.staged_decoder and opts.runtime_rewrites and opts.decoder and not model.is_hq
+    planned = output_paths(out_dir / stem, opts.multi_box and opts.decoder, staged_decoder)
     if not opts.encoder:
         planned.pop("encoder")
     if not opts.decoder:
@@ -378,6 +440,9 @@ def export_onnx(checkpoint: str | Path | None, opts: OnnxExportOptions, model: A
                 if role == "encoder":
                     simplified[role] = _export_encoder(export_model, x, path, opts.opset, opts.simplify, notes,
                                                        planned[role].name)
+                elif role in STAGE_ROLES:
+                    simplified[role] = _export_decoder_stage(export_model, embedding, role, path, opts, notes,
+                                                             planned[role].name)
                 else:
                     simplified[role] = _export_decoder(export_model, embedding, interm, path, opts,
                                                        role == "decoder_multibox", notes, planned[role].name)

@@ -83,6 +83,16 @@ class _PromptTokens(nn.Module):
         # Label -2 ("ignore") removes the token's content entirely, as the PyTorch prompt encoder does.
         return tokens * (lab != -2).to(coords.dtype)
 
+    def points_by_lookup(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`points` as one table lookup: label -2..3 picks a row of (zero, ``not_a_point``, the four point
+        embeddings), added to the Fourier features of real points (labels 0..3). Fewer graph nodes, same tokens."""
+        pe = self.prompt_encoder
+        table = torch.cat([torch.zeros_like(pe.not_a_point_embed.weight), pe.not_a_point_embed.weight,
+                           *[emb.weight for emb in pe.point_embeddings]], dim=0)
+        index = (labels + 2).clamp(0, table.shape[0] - 1).long()
+        real = (labels >= 0).to(coords.dtype).unsqueeze(-1)
+        return self.fourier(coords) * real + table[index]
+
     def boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Tokens B x 2 x C for xyxy boxes B x 4 (two corners)."""
         pe = self.prompt_encoder
@@ -170,3 +180,53 @@ class MultiBoxDecoderForExport(_DecoderBase):
         keep = torch.cat([pv.expand(num_points), torch.ones(2, dtype=torch.bool, device=pv.device)])
         sparse = tokens[:, keep]
         return self._decode(image_embeddings, sparse, list(interm) if self.is_hq else None)
+
+
+#: The decoder's per-image stage: what every prompt on an image shares (see ``ImageContext``).
+IMAGE_STAGE_OUTPUTS = ["image_tokens", "token_to_image_k", "token_to_image_v", "image_to_token_q"]
+PROMPT_STAGE_INPUTS = [*IMAGE_STAGE_OUTPUTS, "point_coords", "point_labels"]
+
+
+class DecoderImageStageForExport(nn.Module):
+    """``image_embeddings`` (1xCxgxg) -> the decoder's per-image tensors (no mask input: ``no_mask_embed``).
+
+    Run once per image; the prompt stage then does only what depends on the prompt.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.prompts = _PromptTokens(model)
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        decoder = self.model.mask_decoder
+        context = decoder.image_context(image_embeddings, self.model.prompt_encoder.get_dense_pe(),
+                                        self.prompts.dense(1))
+        return context.keys, context.token_to_image_k, context.token_to_image_v, context.image_to_token_q
+
+
+class DecoderPromptStageForExport(nn.Module):
+    """A batch of N prompt sets on one image's per-image tensors -> ``scores`` [N, 4], ``masks`` [N, 4, 4g, 4g].
+
+    ``point_coords`` [N, P, 2] / ``point_labels`` [N, P] in the SxS model frame, embedded exactly as given (as
+    upstream's CoreML/ONNX decoder does): labels 0/1 points, 2/3 box corners, -1 the padding point SAM's
+    prompt encoder adds when there is no box, -2 ignored. Low-resolution logits of all four mask tokens.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.prompts = _PromptTokens(model)
+
+    def forward(self, image_tokens: torch.Tensor, token_to_image_k: torch.Tensor, token_to_image_v: torch.Tensor,
+                image_to_token_q: torch.Tensor, point_coords: torch.Tensor,
+                point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from edgesam_core.models.transformer import ImageContext
+
+        image_pe = self.model.prompt_encoder.get_dense_pe()
+        key_pe = self.model.mask_decoder.transformer.key_pe(image_pe)
+        context = ImageContext(image_tokens, key_pe, token_to_image_k, token_to_image_v, image_to_token_q)
+        sparse = self.prompts.points_by_lookup(point_coords, point_labels)
+        masks, scores = self.model.mask_decoder(None, image_pe, sparse, None, num_multimask_outputs=4,
+                                                context=context)
+        return scores, masks

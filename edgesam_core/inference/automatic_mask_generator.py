@@ -65,6 +65,11 @@ class SamAutomaticMaskGenerator:
         num_multimask_outputs: masks per point (1, 3 or 4; upstream uses 3). Ignored by HQ models.
         use_stability_score_for_iou: use stability scores of the low-res logits as the "predicted IoU"
             (EdgeSAM's behaviour, default) instead of the IoU head's output (SAM's behaviour).
+        skip_covered_points: visit the grid coarse to fine and skip points that already lie inside a mask
+            kept from an earlier batch (fewer decoder runs; a region's second mask from a point inside it is
+            lost, e.g. a part inside a whole). Off by default (SAM's behaviour).
+        max_points: decode at most this many grid points per crop (with ``skip_covered_points``, the
+            coarse-to-fine order spends them over the whole image first). None: all.
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class SamAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         num_multimask_outputs: int = 3,
         use_stability_score_for_iou: bool = True,
+        skip_covered_points: bool = False,
+        max_points: int | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("Give exactly one of points_per_side or point_grids")
@@ -123,6 +130,10 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.num_multimask_outputs = num_multimask_outputs
         self.use_stability_score_for_iou = use_stability_score_for_iou
+        self.skip_covered_points = skip_covered_points
+        if max_points is not None and max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        self.max_points = max_points
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
@@ -178,9 +189,24 @@ class SamAutomaticMaskGenerator:
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         self.predictor.set_image(crop)
         points_for_crop = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[None, ::-1]
+        covered = None
+        if self.skip_covered_points:
+            points_for_crop = points_for_crop[coarse_to_fine_order(len(points_for_crop))]
+            covered = torch.zeros(crop_size, dtype=torch.bool)
         data = MaskData()
+        budget = self.max_points if self.max_points is not None else len(points_for_crop)
         for (points,) in batch_iterator(self.points_per_batch, points_for_crop):
-            data.cat(self._process_batch(points, crop_size, crop_box, orig_size))
+            if covered is not None:
+                cols = np.clip(points[:, 0].astype(int), 0, crop_size[1] - 1)
+                rows = np.clip(points[:, 1].astype(int), 0, crop_size[0] - 1)
+                points = points[~covered[rows, cols].numpy()]
+            points = points[:budget]
+            if not len(points):
+                if budget == 0:
+                    break
+                continue
+            budget -= len(points)
+            data.cat(self._process_batch(points, crop_size, crop_box, orig_size, covered))
         self.predictor.reset_image()
         if "rles" not in data:
             return _empty_data(crop_box)
@@ -192,19 +218,26 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
-                       orig_size: tuple[int, int]) -> MaskData:
+                       orig_size: tuple[int, int], covered: torch.Tensor | None = None) -> MaskData:
         orig_h, orig_w = orig_size
         device = getattr(self.predictor, "device", "cpu")  # exported backends take CPU tensors
         in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size),
                                     dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-        masks, iou_preds, _ = self.predictor.predict_torch(
-            point_coords=in_points[:, None, :],
-            point_labels=in_labels[:, None],
-            num_multimask_outputs=self.num_multimask_outputs,
-            return_logits=True,
-            use_stability_score=self.use_stability_score_for_iou,
-        )
+        low_res_first = hasattr(self.predictor, "predict_low_res_torch")
+        if low_res_first:
+            # Score and filter at low resolution; only the survivors are upscaled to the image (the same masks).
+            iou_preds, masks = self.predictor.predict_low_res_torch(
+                in_points[:, None, :], in_labels[:, None], self.num_multimask_outputs,
+                self.use_stability_score_for_iou)
+        else:
+            masks, iou_preds, _ = self.predictor.predict_torch(
+                point_coords=in_points[:, None, :],
+                point_labels=in_labels[:, None],
+                num_multimask_outputs=self.num_multimask_outputs,
+                return_logits=True,
+                use_stability_score=self.use_stability_score_for_iou,
+            )
         per_point = masks.shape[1]
         data = MaskData(
             masks=masks.flatten(0, 1),
@@ -215,11 +248,15 @@ class SamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             # NaN scores (all-background logits) compare False and are dropped, as upstream.
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
+        if low_res_first:
+            data["masks"] = self.predictor.upscale_masks(data["masks"][:, None])[:, 0]
         threshold = self.predictor.mask_threshold
         data["stability_score"] = calculate_stability_score(data["masks"], threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= self.stability_score_thresh)
         data["masks"] = data["masks"] > threshold
+        if covered is not None and len(data["masks"]):
+            covered |= data["masks"].any(dim=0).cpu()
         data["boxes"] = batched_mask_to_box(data["masks"])
         keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
         if not torch.all(keep):
@@ -252,6 +289,19 @@ class SamAutomaticMaskGenerator:
                 data["boxes"][i] = boxes[i].numpy() if isinstance(data["boxes"], np.ndarray) else boxes[i]
         data.filter(keep)
         return data
+
+
+def coarse_to_fine_order(count: int) -> np.ndarray:
+    """Visiting order of a square grid of ``count`` points (row-major): every 8th row/column first, then
+    every 4th, 2nd, and the rest, so early batches spread over the image."""
+    side = int(round(count ** 0.5))
+    if side * side != count:
+        return np.arange(count)
+    rows, cols = np.divmod(np.arange(count), side)
+    level = np.full(count, 3)
+    for rank, step in enumerate((8, 4, 2)):
+        level = np.where((level == 3) & (rows % step == 0) & (cols % step == 0), rank, level)
+    return np.argsort(level, kind="stable")
 
 
 def _xywh(box: Any) -> list[float]:

@@ -48,6 +48,10 @@ def create_session(path: str | Path, threads: int | None = None, providers: list
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    # The predictor alternates ONNX Runtime with torch (mask upscaling) and the encoder with the decoder:
+    # a thread pool spinning after its run steals the cores the next one needs (measured: one click 40 ms
+    # with spinning, see the benchmarks' predictor rows).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -106,6 +110,33 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return (rows[..., x0] * (1.0 - fx) + rows[..., x1] * fx).astype(np.float32)
 
 
+#: File suffixes of the staged decoder's two graphs (after ``X_decoder``).
+STAGES = ("image", "prompts")
+
+
+def pack_prompts(coords: np.ndarray | None, labels: np.ndarray | None,
+                 boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """B prompt sets as the staged decoder's ``point_coords`` [B, P, 2] / ``point_labels`` [B, P].
+
+    What SAM's prompt encoder embeds, in its order: the points, then the padding point (label -1) when there
+    is no box, then the box's corners as points labelled 2 and 3. ``coords`` [B, N, 2], ``labels`` [B, N] and
+    ``boxes`` [B, 4] are in the model-input frame; a single box or point set is shared by every row.
+    """
+    rows = max(len(t) for t in (coords, labels, boxes) if t is not None)
+    parts_c, parts_l = [], []
+    if coords is not None:
+        parts_c.append(np.broadcast_to(np.asarray(coords, np.float32), (rows, *np.shape(coords)[1:])))
+        parts_l.append(np.broadcast_to(np.asarray(labels, np.float32), (rows, np.shape(labels)[1])))
+    if boxes is None:
+        parts_c.append(np.zeros((rows, 1, 2), np.float32))
+        parts_l.append(np.full((rows, 1), -1.0, np.float32))
+    else:
+        corners = np.asarray(boxes, np.float32).reshape(-1, 2, 2)
+        parts_c.append(np.broadcast_to(corners, (rows, 2, 2)))
+        parts_l.append(np.broadcast_to(np.array([[2.0, 3.0]], np.float32), (rows, 2)))
+    return np.ascontiguousarray(np.concatenate(parts_c, 1)), np.ascontiguousarray(np.concatenate(parts_l, 1))
+
+
 def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
                       original_size: tuple[int, int]) -> np.ndarray:
     """Logits ``Cxhxw`` -> ``CxHxW`` in the original frame (as ``Sam.postprocess_masks``).
@@ -121,7 +152,9 @@ def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int,
         if x.shape[-1] != img_size:
             x = F.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=False)
         x = x[..., : input_size[0], : input_size[1]]
-        x = F.interpolate(x, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != (int(original_size[0]), int(original_size[1])):  # same size: an exact copy
+            x = F.interpolate(x, (int(original_size[0]), int(original_size[1])), mode="bilinear",
+                              align_corners=False)
         return x[0].numpy()
 
 
@@ -150,6 +183,13 @@ class OnnxSamPredictor:
         self.decoder = create_session(decoder_path, threads, providers, role="decoder")
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.is_hq = len(self.encoder.get_outputs()) == 4
+        #: The staged decoder (``X_decoder_image.onnx`` + ``X_decoder_prompts.onnx``) when exported beside the
+        #: pair: per-image work once in ``set_image``, then a batch of prompts per call.
+        self.staged: tuple[Any, Any] | None = None
+        stages = [decoder_path.with_name(decoder_path.name[: -len(".onnx")] + f"_{s}.onnx") for s in STAGES]
+        if not self.is_hq and all(path.is_file() for path in stages):
+            self.staged = (create_session(stages[0], threads, providers),
+                           create_session(stages[1], threads, providers))
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         self.transform = ResizeLongestSide(self.img_size)
         self.stability_score_offset = 1.0
@@ -160,6 +200,7 @@ class OnnxSamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: list[np.ndarray] | None = None
+        self.context: list[np.ndarray] | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -176,6 +217,8 @@ class OnnxSamPredictor:
         x, self.input_size = preprocess(image, self.img_size)
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
         self.features = self.encoder.run(None, {self.encoder.get_inputs()[0].name: x})
+        if getattr(self, "staged", None):
+            self.context = self.staged[0].run(None, {"image_embeddings": self.features[0]})
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -274,10 +317,14 @@ class OnnxSamPredictor:
         def row(t: Any, b: int) -> np.ndarray | None:
             return None if t is None else t[b].detach().cpu().numpy().astype(np.float64)
 
-        decoded = [self._decode(row(point_coords, b), row(point_labels, b), row(boxes, b), num_outputs)
-                   for b in range(rows)]
-        scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
-        low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
+        if getattr(self, "staged", None):
+            scores, low_res = self._decode_rows(point_coords, point_labels, boxes, num_outputs)
+            decoded = [(None, low_res[b].numpy(), None) for b in range(rows)]
+        else:
+            decoded = [self._decode(row(point_coords, b), row(point_labels, b), row(boxes, b), num_outputs)
+                       for b in range(rows)]
+            scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
+            low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
         if use_stability_score:
             scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
         masks = torch.from_numpy(np.stack([
@@ -285,6 +332,56 @@ class OnnxSamPredictor:
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, scores, low_res
+
+    #: Prompt sets per staged-decoder call (the graph takes any batch): on CPUs one per call is fastest, as
+    #: each prompt's 4096 x 256 image tokens leave the cache in bigger batches (measured per prompt on 2
+    #: cores: 1 -> 11.5 ms, 8 -> 14.7 ms, 64 -> 13.3 ms); raise it for GPUs.
+    prompt_batch = 1
+
+    def _decode_rows(self, coords: Any, labels: Any, boxes: Any, num_outputs: int) -> tuple[Any, Any]:
+        """Rows of torch prompts through the staged decoder, ``prompt_batch`` per call: (scores, low_res)."""
+        import torch
+
+        def part(t: Any, start: int) -> np.ndarray | None:
+            return None if t is None else t[start:start + self.prompt_batch].detach().cpu().numpy()
+
+        rows = (coords if coords is not None else boxes).shape[0]
+        sl = _MASK_SLICES[num_outputs]
+        scores, low_res = [], []
+        for start in range(0, rows, self.prompt_batch):
+            s, m = self._decode_batch(part(coords, start), part(labels, start), part(boxes, start))
+            scores.append(s[:, sl])
+            low_res.append(m[:, sl])
+        return (torch.from_numpy(np.concatenate(scores).astype(np.float32)),
+                torch.from_numpy(np.concatenate(low_res).astype(np.float32)))
+
+    def predict_low_res_torch(self, point_coords: Any, point_labels: Any, num_multimask_outputs: int,
+                              use_stability_score: bool) -> tuple[Any, Any]:
+        """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling."""
+        import torch
+
+        from edgesam_core.inference.amg import calculate_stability_score
+
+        self._require_image()
+        if getattr(self, "staged", None):
+            scores, low_res = self._decode_rows(point_coords, point_labels, None, num_multimask_outputs)
+        else:
+            decoded = [self._decode(point_coords[b].numpy().astype(np.float64), point_labels[b].numpy(), None,
+                                    num_multimask_outputs) for b in range(point_coords.shape[0])]
+            scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
+            low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
+        if use_stability_score:
+            scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
+        return scores, low_res
+
+    def upscale_masks(self, low_res: Any) -> Any:
+        """Low-res logits ``BxCxhxw`` (torch) -> logits in the original image frame."""
+        import torch
+
+        if not len(low_res):
+            return torch.zeros((0, low_res.shape[1], *self.original_size))
+        return torch.stack([torch.from_numpy(postprocess_masks(m.numpy(), self.img_size, self.input_size,
+                                                                self.original_size)) for m in low_res])
 
     @staticmethod
     def _reject_unsupported(mask_input: Any, return_sam_masks: bool) -> None:
@@ -300,6 +397,13 @@ class OnnxSamPredictor:
         ``logits`` is what the graph returned (low-res, or input-size with ``--upsample``); ``low_res`` is
         always the ``4*grid`` square grid.
         """
+        if getattr(self, "staged", None):
+            scores, logits = self._decode_batch(None if coords is None else np.asarray(coords)[None],
+                                                None if labels is None else np.asarray(labels)[None],
+                                                None if box is None else np.asarray(box).reshape(1, 4))
+            sl = _MASK_SLICES[num_outputs]
+            low_res = logits[0, sl].astype(np.float32)
+            return scores[0, sl].astype(np.float32), low_res, low_res
         feed: dict[str, np.ndarray] = {"image_embeddings": self.features[0]}
         if coords is not None:
             feed["point_coords"] = np.asarray(coords, np.float32).reshape(1, -1, 2)
@@ -323,6 +427,15 @@ class OnnxSamPredictor:
         # Graphs exported with --upsample return SxS logits; bring them back to the low-res grid.
         low_res = logits if logits.shape[-1] == low_res_side else resize_bilinear(logits, low_res_side, low_res_side)
         return scores, logits, low_res
+
+
+    def _decode_batch(self, coords: np.ndarray | None, labels: np.ndarray | None,
+                      boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """B prompt sets through the staged decoder in one call: ``scores`` [B, 4], low-res ``logits``."""
+        point_coords, point_labels = pack_prompts(coords, labels, boxes)
+        session = self.staged[1]
+        names = [i.name for i in session.get_inputs()]
+        return session.run(["scores", "masks"], dict(zip(names, [*self.context, point_coords, point_labels])))
 
 
 def load_onnx_predictor(path: str | Path, model: str | None = None, device: str = "cpu",

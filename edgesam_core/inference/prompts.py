@@ -22,12 +22,15 @@ class SegmentPrompts:
         labels: one label per point: 1 foreground, 0 background.
         boxes: ``(x0, y0, x1, y1)`` boxes; each gives its own mask(s).
         everything: segment the whole image with the automatic mask generator instead.
+        fast: with ``everything``, the generator's fast mode (:data:`FAST_EVERYTHING`).
     """
 
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
     boxes: tuple[tuple[float, float, float, float], ...] = field(default=())
     everything: bool = False
+    fast: bool = False
+
 
     def prompt_sets(self) -> list[dict[str, object]]:
         """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}``."""
@@ -64,12 +67,19 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return (x0, y0, x1, y1)
 
 
+#: ``--everything --fast``: a 16x16 grid visited coarse to fine (every 8th, 4th, 2nd point first), skipping
+#: points inside masks already kept, at most 80 decoder runs (SAM's 32x32 grid: 1,024); timed against SAM's
+#: grid by benchmarks/bench_decoder.py.
+FAST_EVERYTHING = {"points_per_side": 16, "points_per_batch": 8, "skip_covered_points": True, "max_points": 80}
+
+
 def build_prompts(
     points: Sequence[str] = (),
     labels: Sequence[int] = (),
     negative_points: Sequence[str] = (),
     boxes: Sequence[str] = (),
     everything: bool = False,
+    fast: bool = False,
 ) -> SegmentPrompts:
     """Turn the raw command-line values into :class:`SegmentPrompts`.
 
@@ -79,6 +89,7 @@ def build_prompts(
         negative_points: ``"X,Y"`` background points (``--negative-point``), label 0.
         boxes: ``"X0,Y0,X1,Y1"`` strings (``--box``).
         everything: ``--everything`` (exclusive with the other prompts).
+        fast: ``--fast`` (only with ``--everything``).
 
     Raises:
         InputError: malformed values or no prompt at all. ConfigError: conflicting options.
@@ -100,7 +111,9 @@ def build_prompts(
         raise ConfigError("--everything segments the whole image; drop --point/--negative-point/--box or it")
     if not everything and not parsed_points and not parsed_boxes:
         raise InputError("No prompt given: pass --point X,Y, --box X0,Y0,X1,Y1 or --everything")
-    return SegmentPrompts(tuple(parsed_points), tuple(all_labels), tuple(parsed_boxes), everything)
+    if fast and not everything:
+        raise ConfigError("--fast is a mode of --everything; add --everything or drop --fast")
+    return SegmentPrompts(tuple(parsed_points), tuple(all_labels), tuple(parsed_boxes), everything, fast)
 
 
 def check_prompts_fit(prompts: SegmentPrompts, width: int, height: int, image_name: str) -> None:

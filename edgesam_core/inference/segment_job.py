@@ -8,11 +8,13 @@ complete, so a failure never leaves a half-written result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ class ImageReport:
     files: list[Path]
     masks: list[dict[str, Any]]
     error: str | None = None
+    #: Outputs of the same job were already complete (``--resume``): nothing was recomputed.
+    skipped: bool = False
 
 
 @dataclass
@@ -236,6 +240,32 @@ def output_stems(images: list[Path]) -> list[str]:
 # -- the run --------------------------------------------------------------------------------------------
 
 
+def shard_from_env() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process under ``torchrun`` (``RANK``/``WORLD_SIZE``), else ``(0, 1)``."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as exc:
+        raise InputError(f"RANK/WORLD_SIZE must be integers (as torchrun sets them): {exc}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+def job_signature(prompts: SegmentPrompts, multimask: bool | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a ``STEM.json`` was computed from: a resumed run reuses it only when this matches."""
+    return {"prompts": dataclasses.asdict(prompts), "multimask": multimask, **meta}
+
+
+def _is_complete(out_dir: Path, stem: str, job: dict[str, Any]) -> bool:
+    """``STEM.json`` of the same job exists and every file it lists (masks, overlay) is there."""
+    try:
+        document = json.loads((out_dir / f"{stem}.json").read_text(encoding="utf-8"))
+        names = [str(m["file"]) for m in document["masks"]] + [f"{stem}_overlay.png"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return document.get("job") == json.loads(json.dumps(job)) and all((out_dir / n).is_file() for n in names)
+
+
 def segment_images(
     source: Path,
     predictor: Any,
@@ -244,6 +274,8 @@ def segment_images(
     multimask: bool | None = None,
     meta: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> SegmentReport:
     """Segment one image file or every image of a folder and write the results.
 
@@ -255,10 +287,14 @@ def segment_images(
         multimask: see :func:`predict_prompts`.
         meta: extra fields for each JSON (model, checkpoint).
         progress: progress reporter (one task over the images).
+        resume: skip images whose outputs of this same job are complete in ``out_dir``.
+        shard: ``(rank, world_size)``: this process takes every ``world_size``-th image from ``rank`` (each
+            image's outputs are its own files, so shards share ``out_dir`` without a coordinator).
 
     Returns:
-        A :class:`SegmentReport`. For a single image every problem raises; for a folder a failing image is
-        logged and recorded in the report, and the others are still processed.
+        A :class:`SegmentReport` of this shard's images (skipped ones are listed with their existing files). For
+        a single image every problem raises; for a folder a failing image is logged and recorded in the
+        report, and the others are still processed. The next image is read while the current one runs.
     """
     progress = progress or NullProgress()
     source = Path(source)
@@ -268,29 +304,51 @@ def segment_images(
     check_out_dir_spares_inputs(source, Path(out_dir))
     out_dir = prepare_out_dir(out_dir)
     report = SegmentReport(out_dir)
-    task = progress.add_task("Segmenting", total=len(images))
-    for path, stem in zip(images, output_stems(images)):
-        try:
-            report.images.append(_segment_one(path, stem, predictor, prompts, out_dir, multimask, meta or {}))
-        except EdgeSamError as exc:
-            if not source.is_dir():
-                raise
-            progress.log(f"Skipped {path.name}: {exc}")
-            report.images.append(ImageReport(path, [], [], error=str(exc)))
-        progress.advance(task)
+    rank, world = shard
+    job = job_signature(prompts, multimask, meta or {})
+    todo = [(p, s) for i, (p, s) in enumerate(zip(images, output_stems(images))) if i % world == rank]
+    task = progress.add_task("Segmenting" if world == 1 else f"Segmenting (shard {rank + 1}/{world})",
+                             total=len(todo))
+    done: dict[int, ImageReport] = {}
+    pending = []
+    for index, (path, stem) in enumerate(todo):
+        if resume and _is_complete(out_dir, stem, job):
+            done[index] = ImageReport(path, [out_dir / f"{stem}.json"], [], skipped=True)
+            progress.advance(task)
+        else:
+            pending.append(index)
+    with ThreadPoolExecutor(max_workers=1) as reader:  # decode the next image while this one is segmented
+        loads = {pending[0]: reader.submit(load_image, todo[pending[0]][0])} if pending else {}
+        for position, index in enumerate(pending):
+            if position + 1 < len(pending):
+                upcoming = pending[position + 1]
+                loads[upcoming] = reader.submit(load_image, todo[upcoming][0])
+            path, stem = todo[index]
+            try:
+                image = loads.pop(index).result()
+                done[index] = _segment_one(path, stem, image, predictor, prompts, out_dir, multimask,
+                                           {**(meta or {}), "job": job})
+            except EdgeSamError as exc:
+                if not source.is_dir():
+                    raise
+                progress.log(f"Skipped {path.name}: {exc}")
+                done[index] = ImageReport(path, [], [], error=str(exc))
+            progress.advance(task)
     progress.finish(task)
+    report.images = [done[index] for index in sorted(done)]
     return report
 
 
-def _segment_one(path: Path, stem: str, predictor: Any, prompts: SegmentPrompts, out_dir: Path,
-                 multimask: bool | None, meta: dict[str, Any]) -> ImageReport:
-    image = load_image(path)
+def _segment_one(path: Path, stem: str, image: np.ndarray, predictor: Any, prompts: SegmentPrompts,
+                 out_dir: Path, multimask: bool | None, meta: dict[str, Any]) -> ImageReport:
     height, width = image.shape[:2]
     check_prompts_fit(prompts, width, height, path.name)
     predictor.set_image(image)
     try:
         if prompts.everything:
-            results = predict_everything(predictor, image)
+            from edgesam_core.inference.prompts import FAST_EVERYTHING
+
+            results = predict_everything(predictor, image, **(FAST_EVERYTHING if prompts.fast else {}))
         else:
             results = predict_prompts(predictor, prompts, multimask)
     finally:
@@ -343,6 +401,10 @@ class SegmentPlan:
     multimask: bool | None = None
     decoder_source: Path | None = None
     """SAM checkpoint completing an encoder-only checkpoint (see ``edgesam_core.merge.decoder_source_for``)."""
+    resume: bool = False
+    """Skip images whose outputs of the same job are complete."""
+    shard: tuple[int, int] = (0, 1)
+    """``(rank, world_size)``: this process's share of a folder (``torchrun`` sets it, see ``shard_from_env``)."""
 
     @property
     def is_folder(self) -> bool:
@@ -453,7 +515,7 @@ def execute_plan(plan: SegmentPlan, progress: Progress | None = None) -> Segment
     variant = getattr(getattr(predictor, "model", None), "variant", None) or plan.variant
     meta = {"model": variant, "checkpoint": str(checkpoint)}
     return segment_images(plan.source, predictor, plan.prompts, plan.out_dir, multimask=plan.multimask,
-                          meta=meta, progress=progress)
+                          meta=meta, progress=progress, resume=plan.resume, shard=plan.shard)
 
 
 def run_segment(

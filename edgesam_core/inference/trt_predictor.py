@@ -123,7 +123,11 @@ class TrtRunner:
         import torch
 
         keep: list[torch.Tensor] = []
-        with torch.cuda.device(self.device):
+        # Input copies, output allocations and the engine run are all issued on the engine's stream, so the
+        # engine never reads an input another stream is still copying (it ran on its own non-blocking stream
+        # while torch copied on the default one: a race).
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            self.stream.wait_stream(torch.cuda.default_stream(self.device))
             for tensor in self._inputs:
                 if tensor.name not in feed:
                     raise InputError(f"missing input '{tensor.name}' for {self.path.name}")

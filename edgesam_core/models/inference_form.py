@@ -7,6 +7,9 @@ rounding:
 * the neck's 1x1 convolution folded into the two fuse convolutions (the x2 upsampling between them is linear
   and per channel, so it commutes with channel mixing), and each DyT's ``alpha`` folded into the convolution
   before it;
+* in PyTorch, each DyT as ``2w * sigmoid(2 alpha x) + (b - w)`` (PyTorch's CPU tanh is ~5x slower);
+* the mask decoder's two-way transformer with channels-first image tokens (no transposes of image-sized
+  tensors, the image->token softmax vectorised; :mod:`.two_way_channels_first`);
 * in PyTorch, the mask decoder's stride-2 ``ConvTranspose2d(k=2)`` layers as a 1x1 convolution plus
   ``pixel_shuffle`` (exports keep the deconvolutions, which ONNX Runtime runs faster than MatMul + DepthToSpace);
 * for export only (``for_export=True``): the neck's fixed-size bicubic upsampling as two small matrix products
@@ -25,8 +28,10 @@ from torch import nn
 
 from .image_encoder_repvit import RepViTEncoder, SqueezeExcite
 from .layers.common import UpSampleLayer
-from .layers.dyt import DynamicTanh
+from .layers.dyt import DynamicTanh, SigmoidDynamicTanh
 from .reparam import reparameterize_repvit
+from .transformer import TwoWayTransformer
+from .two_way_channels_first import ChannelsFirstTwoWayTransformer
 
 
 class SeparableUpsample(nn.Module):
@@ -98,6 +103,43 @@ class PixelShuffleUpsample(nn.Module):
         return F.pixel_shuffle(self.conv(x), 2)
 
 
+class ChannelsLastUpscaling(nn.Module):
+    """The decoder's ``output_upscaling`` run in channels-last memory (oneDNN's fast layout for its transposed
+    convolutions on CPUs: measured 1.1 + 2.8 ms vs 3.6 + 6.5 ms for GEMM + pixel shuffle in NCHW)."""
+
+    def __init__(self, upscaling: nn.Module) -> None:
+        super().__init__()
+        self.upscaling = upscaling.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upscaling(x.contiguous(memory_format=torch.channels_last))
+
+
+class BatchedMLPs(nn.Module):
+    """K same-shaped MLPs (ReLU between layers) applied to K tokens at once: ``(B, K, C) -> (B, K, out)``.
+
+    Each layer is one batched matrix product over stacked weights instead of K small ones (fewer, larger
+    kernels; in ONNX, 3 nodes instead of 3K)."""
+
+    def __init__(self, mlps: nn.ModuleList) -> None:
+        super().__init__()
+        depth = len(mlps[0].layers)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([m.layers[i].weight.detach().T for m in mlps]), requires_grad=False)
+            for i in range(depth))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([m.layers[i].bias.detach() for m in mlps]), requires_grad=False)
+            for i in range(depth))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.transpose(0, 1)  # (K, B, C)
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight)
+            if i < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.transpose(0, 1)
+
+
 def _is_stride2_deconv(module: nn.Module) -> bool:
     return (isinstance(module, nn.ConvTranspose2d) and tuple(module.kernel_size) == (2, 2)
             and tuple(module.stride) == (2, 2) and tuple(module.padding) == (0, 0) and module.groups == 1
@@ -147,6 +189,8 @@ def fold_neck(encoder: RepViTEncoder) -> int:
 def _replace(parent: nn.Module, should: type | tuple, make) -> int:
     count = 0
     for name, child in parent.named_children():
+        if isinstance(child, ChannelsLastUpscaling) and not isinstance(child, should):
+            continue  # already in its inference form (its deconvolutions stay)
         if isinstance(child, should) and (not isinstance(child, nn.ConvTranspose2d) or _is_stride2_deconv(child)):
             setattr(parent, name, make(child))
             count += 1
@@ -156,15 +200,20 @@ def _replace(parent: nn.Module, should: type | tuple, make) -> int:
 
 
 @torch.no_grad()
-def to_inference_form(model: nn.Module, for_export: bool = False) -> dict[str, int]:
+def to_inference_form(model: nn.Module, for_export: bool = False,
+                      channels_first_decoder: bool = True) -> dict[str, int]:
     """Rewrite ``model`` (a ``Sam``) in place into its inference form; returns what was rewritten.
 
     Args:
         model: an eval-mode model with its weights loaded (its state dict no longer matches checkpoints after).
         for_export: also apply the ONNX Runtime specific rewrites (matrix-product upsampling, expanded SE gates).
+        channels_first_decoder: rewrite the decoder's transformer channels-first (its dynamic reshapes are
+            what static-shape converters such as onnx2tf cannot take, so portable exports leave it out).
     """
     model.eval()
-    done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0}
+    done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0,
+            "channels_first_transformer": 0, "sigmoid_dyts": 0,
+            "batched_hypernetworks": 0}
     encoder = getattr(model, "image_encoder", None)
     if isinstance(encoder, RepViTEncoder):
         from .image_encoder_repvit import RepVGGDW
@@ -176,8 +225,29 @@ def to_inference_form(model: nn.Module, for_export: bool = False) -> dict[str, i
             done["upsamplers"] = _replace(encoder, UpSampleLayer, lambda m: SeparableUpsample(m.factor, m.mode))
             done["se_gates"] = _replace(encoder, SqueezeExcite, ExpandedGateSqueezeExcite)
     decoder = getattr(model, "mask_decoder", None)
+    mlps = getattr(decoder, "output_hypernetworks_mlps", None)
+    # (HQ decoders stack their MLPs with the HQ token's own in predict_masks: left as they are.)
+    if channels_first_decoder and mlps is not None and not hasattr(decoder, "hf_mlp") \
+            and len({len(m.layers) for m in mlps}) == 1:
+        decoder.batched_hypernetworks = BatchedMLPs(mlps)
+        done["batched_hypernetworks"] = len(mlps)
+    transformer = getattr(decoder, "transformer", None)
+    # Channels-first only pays with DyT norms (elementwise): a LayerNorm over the channel axis would need
+    # strided reductions, where the token layout gets ONNX Runtime's fused LayerNormalization.
+    if channels_first_decoder and isinstance(transformer, TwoWayTransformer) \
+            and isinstance(transformer.norm_final_attn, DynamicTanh):
+        decoder.transformer = ChannelsFirstTwoWayTransformer(decoder.transformer)
+        done["channels_first_transformer"] = 1
+    if not for_export:
+        # PyTorch's CPU tanh is ~5x slower than its sigmoid; ONNX Runtime's Tanh is fast, so exports keep it.
+        done["sigmoid_dyts"] = _replace(model, DynamicTanh, SigmoidDynamicTanh)
     if decoder is not None and not for_export:
-        # PyTorch runs the GEMM + pixel shuffle ~25 % faster; ONNX Runtime runs its ConvTranspose faster than
-        # the MatMul + DepthToSpace pair (measured 41 vs 55 ms per click), so exports keep the deconvolutions.
-        done["deconvs"] = _replace(decoder, nn.ConvTranspose2d, PixelShuffleUpsample)
+        # PyTorch on CPUs: the upscaling's deconvolutions in channels-last memory. Elsewhere (and for the HQ
+        # feature paths) GEMM + pixel shuffle, ~25 % faster than NCHW deconvolutions; ONNX Runtime runs its
+        # ConvTranspose faster than MatMul + DepthToSpace (measured 41 vs 55 ms per click), so exports keep them.
+        upscaling = getattr(decoder, "output_upscaling", None)
+        if upscaling is not None and next(decoder.parameters()).device.type == "cpu":
+            decoder.output_upscaling = ChannelsLastUpscaling(upscaling)
+            done["deconvs"] = sum(_is_stride2_deconv(m) for m in upscaling.modules())
+        done["deconvs"] += _replace(decoder, nn.ConvTranspose2d, PixelShuffleUpsample)
     return done

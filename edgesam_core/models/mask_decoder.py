@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import InputError
 from .layers.common import MLP
 from .layers.norm import LayerNorm2d
+from .transformer import ImageContext
 
 _MASK_SLICES = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}
 
@@ -39,6 +40,18 @@ def expand_to_prompts(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
             "pass one image or a multiple of the image count."
         )
     return torch.repeat_interleave(x, num_prompts // n_img, dim=0)
+
+
+def mask_logits(hyper_in: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+    """``hyper_in`` ``(B, M, c)`` times the upscaled embedding ``(B, c, H, W)`` -> logits ``(B, M, H, W)``.
+
+    A channels-last embedding (the PyTorch inference form's) is multiplied in its own memory order.
+    """
+    b, c, h, w = upscaled.shape
+    if upscaled.is_contiguous():
+        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 
 
 class MaskDecoder(nn.Module):
@@ -81,6 +94,8 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        #: Inference form only: the hypernetwork MLPs as one batched MLP (see ``inference_form``).
+        self.batched_hypernetworks: Optional[nn.Module] = None
 
     def forward(
         self,
@@ -91,6 +106,7 @@ class MaskDecoder(nn.Module):
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for each prompt set.
 
@@ -98,16 +114,23 @@ class MaskDecoder(nn.Module):
             image_embeddings: ``(B_img, C, h, w)``; image_pe: ``(1, C, h, w)`` (``get_dense_pe()``);
             sparse_prompt_embeddings: ``(B, T, C)``; dense_prompt_embeddings: ``(B, C, h, w)``;
             num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (all tokens);
-            interm_embeddings, hq_token_only: ignored (accepted so every decoder takes upstream's call).
+            interm_embeddings, hq_token_only: ignored (accepted so every decoder takes upstream's call);
+            context: :meth:`image_context` of these inputs, reused across calls (then the dense embedding
+                must be the one it was made with).
 
         Returns:
             Mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.
         """
         sl = mask_slice(num_multimask_outputs)
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context=context
         )
         return masks[:, sl, :, :], iou_pred[:, sl]
+
+    def image_context(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> ImageContext:
+        """What every prompt on these images shares (dense embedding ``(B_img, C, h, w)``, usually no-mask)."""
+        return self.transformer.image_context(image_embeddings + dense_prompt_embeddings, image_pe)
 
     def _output_tokens(self) -> torch.Tensor:
         return torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -118,16 +141,21 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer; return the output tokens and the upscaled embedding ``(B, C/8, 4h, 4w)``."""
         output_tokens = self._output_tokens()
         n = sparse_prompt_embeddings.shape[0]
         output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-        src = expand_to_prompts(image_embeddings, n) + dense_prompt_embeddings
-        pos_src = expand_to_prompts(image_pe, n)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        if context is None:
+            src = expand_to_prompts(image_embeddings, n) + dense_prompt_embeddings
+            pos_src = expand_to_prompts(image_pe, n)
+            b, c, h, w = src.shape
+            hs, src = self.transformer(src, pos_src, tokens)
+        else:
+            b, (c, h, w) = n, image_pe.shape[1:]
+            hs, src = self.transformer(None, None, tokens, context=context)
         src = src.transpose(1, 2).reshape(b, c, h, w)
         return hs, self.output_upscaling(src)
 
@@ -137,16 +165,20 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask-token outputs: logits ``(B, 4, 4h, 4w)`` and IoU predictions ``(B, 4)``."""
         hs, upscaled = self._run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context
         )
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        hyper_in = torch.stack(
+        return mask_logits(self.hypernetworks(mask_tokens_out), upscaled), self.iou_prediction_head(iou_token_out)
+
+    def hypernetworks(self, mask_tokens_out: torch.Tensor) -> torch.Tensor:
+        """Mask token ``i`` ``(B, M, C)`` through hypernetwork MLP ``i`` -> ``(B, M, C/8)``."""
+        if self.batched_hypernetworks is not None:
+            return self.batched_hypernetworks(mask_tokens_out)
+        return torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)

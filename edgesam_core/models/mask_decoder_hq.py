@@ -17,7 +17,8 @@ from torch import nn
 from ..errors import InputError
 from .layers.common import MLP
 from .layers.norm import LayerNorm2d
-from .mask_decoder import MaskDecoder, expand_to_prompts
+from .mask_decoder import MaskDecoder, expand_to_prompts, mask_logits
+from .transformer import ImageContext
 
 
 class _HQDecoderBase(MaskDecoder, ABC):
@@ -79,11 +80,12 @@ class _HQDecoderBase(MaskDecoder, ABC):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All outputs: logits ``(B, 5, 4h, 4w)`` (4 SAM tokens then the HQ token) and IoU ``(B, 4)``."""
         hq = self.hq_features(image_embeddings, interm_embeddings)
         hs, upscaled_sam = self._run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context
         )
         n_sam = self.num_mask_tokens
         iou_token_out = hs[:, 0, :]
@@ -94,9 +96,8 @@ class _HQDecoderBase(MaskDecoder, ABC):
             + [self.hf_mlp(tokens_out[:, n_sam, :])],
             dim=1,
         )
-        b, c, h, w = upscaled_sam.shape
-        masks_sam = (hyper_in[:, :n_sam] @ upscaled_sam.view(b, c, h * w)).view(b, -1, h, w)
-        masks_hq = (hyper_in[:, n_sam:] @ upscaled_hq.view(b, c, h * w)).view(b, -1, h, w)
+        masks_sam = mask_logits(hyper_in[:, :n_sam], upscaled_sam)
+        masks_hq = mask_logits(hyper_in[:, n_sam:], upscaled_hq)
         return torch.cat([masks_sam, masks_hq], dim=1), self.iou_prediction_head(iou_token_out)
 
 
@@ -142,6 +143,7 @@ class MaskDecoderHQ(_HQDecoderBase):
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask (B,1,4h,4w), sam_mask of token 0 (B,1,4h,4w), iou of token 0 (B,1))``.
 
@@ -149,7 +151,8 @@ class MaskDecoderHQ(_HQDecoderBase):
         upstream does (both masks are always returned).
         """
         masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings,
+            context,
         )
         n_sam = self.num_mask_tokens
         return masks[:, n_sam : n_sam + 1], masks[:, 0:1], iou[:, 0:1]
@@ -186,6 +189,7 @@ class MaskDecoderHQViT(_HQDecoderBase):
         num_multimask_outputs: int = 1,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask, sam_mask, iou)`` (one channel each).
 
@@ -195,7 +199,8 @@ class MaskDecoderHQViT(_HQDecoderBase):
         is ``sam_mask + hq_mask``.
         """
         masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings,
+            context,
         )
         n_sam = self.num_mask_tokens
         masks_hq = masks[:, n_sam : n_sam + 1]

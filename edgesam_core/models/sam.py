@@ -95,6 +95,8 @@ class Sam(nn.Module):
         """
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : int(input_size[0]), : int(input_size[1])]
+        if tuple(masks.shape[-2:]) == tuple(int(s) for s in original_size):
+            return masks  # bilinear resampling to the same size is the identity
         return F.interpolate(masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
 
     def forward(self, batched_input: list[dict[str, Any]], num_multimask_outputs: int = 1,

@@ -71,6 +71,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("segment-bad-point", ["segment", "{ws}/photo.png", "--point", "1;1", "--out", "{out}"], 2, "--point"),
     ("segment-point-outside", ["segment", "{ws}/photo.png", "--point", "500,1", "--checkpoint", "{ws}/tiny.pth",
                                "--out", "{out}"], 2, "outside"),
+    ("segment-fast-without-everything", ["segment", "{ws}/photo.png", "--point", "1,1", "--fast",
+                                         "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2, "--everything"),
     ("segment-no-prompt", ["segment", "{ws}/photo.png", "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2,
      "prompt"),
     ("segment-out-is-input-folder", ["segment", "{ws}/photos", "--point", "10,10", "--checkpoint", "{ws}/tiny.pth",

@@ -95,7 +95,9 @@ def test_export_onnx_of_an_encoder_only_checkpoint(files, tmp_path, capsys, monk
                                     "--json"], capsys, monkeypatch)
     assert code == 0, stderr
     payload = json.loads(stdout)
-    assert set(payload["files"]) == {"encoder", "decoder"} and payload["parity"]["passed"]
+    # The contract pair plus the staged decoder the ONNX predictor runs.
+    assert set(payload["files"]) == {"encoder", "decoder", "decoder_image", "decoder_prompts"}
+    assert payload["parity"]["passed"]
     assert Path(payload["files"]["encoder"]).name == "step1_encoder.onnx"
     assert json.loads(Path(payload["sidecars"]["decoder"]).read_text())["model_type"] == MODEL
 

@@ -29,7 +29,8 @@ def test_full_size_export_contract_and_parity(tmp_path, io_tables, variant, upsa
     assert result.parity.passed, result.parity.to_dict()
     logits = [e for e in result.parity.entries if e.output == "masks"]
     assert logits and max(e.max_abs for e in logits) < 1e-3
-    for role in result.files:
+    # The upstream contract; the staged decoder is ours, tested on its own (test_staged_decoder.py).
+    for role in [r for r in ("encoder", "decoder") if r in result.files]:
         assert_io_matches(result.files[role], io_tables[section_for(role, hq, upsample)], exact_shapes=True)
     feed = decoder_feed(prompt_cases(1024)["box+points"], np.zeros((1, 256, 64, 64), np.float32),
                         [np.zeros(s, np.float32) for s in ((1, 48, 256, 256), (1, 48, 256, 256), (1, 96, 128, 128))]

@@ -162,3 +162,67 @@ def test_defaults_are_upstreams(debug_model):
     assert (g.box_nms_thresh, g.crop_n_layers, g.crop_nms_thresh, g.crop_overlap_ratio) == (0.7, 0, 0.7, 512 / 1500)
     assert (g.min_mask_region_area, g.output_mode, g.num_multimask_outputs) == (0, "binary_mask", 3)
     assert g.use_stability_score_for_iou is True
+
+
+class _WithoutLowRes:
+    """A predictor that offers only ``predict_torch`` (every candidate upscaled before filtering)."""
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+
+    def __getattr__(self, name):
+        if name == "predict_low_res_torch":
+            raise AttributeError(name)
+        return getattr(self._predictor, name)
+
+
+def test_filtering_at_low_resolution_keeps_the_same_masks(photo_factory):
+    """Scoring and filtering before upscaling (only survivors upscaled) gives the records of upscaling all."""
+    image = photo_factory(96, 128)
+    predictor = SamPredictor(_disc_model())
+    fast = SamAutomaticMaskGenerator(predictor, points_per_side=5, output_mode="uncompressed_rle").generate(image)
+    slow = SamAutomaticMaskGenerator(_WithoutLowRes(predictor), points_per_side=5,
+                                     output_mode="uncompressed_rle").generate(image)
+    assert len(fast) == len(slow) >= 5
+    for a, b in zip(fast, slow):
+        assert a["segmentation"] == b["segmentation"] and a["bbox"] == b["bbox"]
+        assert a["predicted_iou"] == b["predicted_iou"] and a["stability_score"] == b["stability_score"]
+
+
+class _CountingPredictor(_WithoutLowRes):
+    """Counts the prompt sets decoded."""
+
+    def __init__(self, predictor):
+        super().__init__(predictor)
+        self.prompts = 0
+
+    def predict_torch(self, **kwargs):
+        self.prompts += kwargs["point_coords"].shape[0]
+        return self._predictor.predict_torch(**kwargs)
+
+
+def test_skipping_covered_points_decodes_fewer_prompts_and_keeps_the_regions(photo_factory):
+    from edgesam_core.inference.automatic_mask_generator import coarse_to_fine_order
+
+    order = coarse_to_fine_order(16 * 16)
+    assert sorted(order) == list(range(256)) and list(order[:4]) == [0, 8, 128, 136]  # every 8th first
+    image = photo_factory(96, 128)
+    full, fast = _CountingPredictor(SamPredictor(_disc_model())), _CountingPredictor(SamPredictor(_disc_model()))
+    every = SamAutomaticMaskGenerator(full, points_per_side=16, points_per_batch=8).generate(image)
+    quick = SamAutomaticMaskGenerator(fast, points_per_side=16, points_per_batch=8,
+                                      skip_covered_points=True).generate(image)
+    assert full.prompts == 256 and fast.prompts < 0.6 * full.prompts
+    # The disc masks of the skipped points overlap kept ones: the union still covers most of the full run's.
+    union_full = np.any([r["segmentation"] for r in every], axis=0)
+    union_fast = np.any([r["segmentation"] for r in quick], axis=0)
+    assert (union_full & union_fast).sum() >= 0.9 * union_full.sum()
+
+
+def test_max_points_caps_the_decoder_runs(photo_factory):
+    image = photo_factory(96, 128)
+    counting = _CountingPredictor(SamPredictor(_disc_model()))
+    records = SamAutomaticMaskGenerator(counting, points_per_side=16, points_per_batch=8, skip_covered_points=True,
+                                        max_points=20).generate(image)
+    assert counting.prompts <= 20 and records
+    with pytest.raises(ValueError, match="max_points"):
+        SamAutomaticMaskGenerator(counting, max_points=0)

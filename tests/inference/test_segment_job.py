@@ -144,3 +144,65 @@ def test_everything_mode_writes_masks(predictor, photo_path, tmp_path, monkeypat
     report = segment_job.segment_images(photo_path, predictor, build_prompts(everything=True), tmp_path / "o")
     [record] = report.images[0].masks
     assert record["area"] == 90 and record["prompt"] == {"point": [3.0, 4.0]} and record["score"] == 0.97
+
+
+def _folder(tmp_path, small_image, count):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.roll(small_image, 7 * i, axis=1)).save(folder / f"im{i}.png")
+    return folder
+
+
+class _Counting:
+    """A predictor that counts the images it encodes."""
+
+    def __init__(self, predictor):
+        self._predictor, self.encoded = predictor, 0
+
+    def set_image(self, image):
+        self.encoded += 1
+        self._predictor.set_image(image)
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+
+def test_resume_skips_complete_images_of_the_same_job_only(predictor, small_image, tmp_path):
+    folder = _folder(tmp_path, small_image, 3)
+    out = tmp_path / "out"
+    prompts = build_prompts(["60,45"])
+    first = segment_job.segment_images(folder, predictor, prompts, out, meta={"model": "m"})
+    assert [r.skipped for r in first.images] == [False] * 3
+    (out / "im1_overlay.png").unlink()  # an interrupted image: its outputs are incomplete
+    counting = _Counting(predictor)
+    again = segment_job.segment_images(folder, counting, prompts, out, meta={"model": "m"}, resume=True)
+    assert [r.skipped for r in again.images] == [True, False, True] and counting.encoded == 1
+    assert (out / "im1_overlay.png").is_file()
+    # Other prompts (or another model) are another job: nothing is reused.
+    other = _Counting(predictor)
+    segment_job.segment_images(folder, other, build_prompts(["20,20"]), out, meta={"model": "m"}, resume=True)
+    assert other.encoded == 3
+    assert json.loads((out / "im0.json").read_text())["job"]["prompts"]["points"] == [[20.0, 20.0]]
+
+
+def test_shards_split_a_folder_and_share_the_output_folder(predictor, small_image, tmp_path):
+    folder = _folder(tmp_path, small_image, 5)
+    out = tmp_path / "out"
+    prompts = build_prompts(["60,45"])
+    reports = [segment_job.segment_images(folder, predictor, prompts, out, shard=(rank, 2)) for rank in (0, 1)]
+    names = [[r.image.name for r in report.images] for report in reports]
+    assert names == [["im0.png", "im2.png", "im4.png"], ["im1.png", "im3.png"]]
+    assert sorted(p.name for p in out.glob("*.json")) == [f"im{i}.json" for i in range(5)]
+
+
+def test_shard_from_torchrun_environment(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert segment_job.shard_from_env() == (0, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert segment_job.shard_from_env() == (1, 4)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(InputError, match="WORLD_SIZE"):
+        segment_job.shard_from_env()

@@ -36,6 +36,10 @@ def test_inference_form_equals_the_model_in_float64(variant, for_export):
     done = to_inference_form(fast, for_export=for_export)
     assert done["repvgg_blocks"] > 0 and done["neck_folds"] >= 1
     assert (done["deconvs"] > 0) is (not for_export) and (done["upsamplers"] > 0) is for_export
+    # The decoder's transformer goes channels-first where its norms are DyT (LayerNorm keeps the token layout).
+    assert done["channels_first_transformer"] == ("dyt" in variant)
+    # PyTorch only: DyT through sigmoid (ONNX Runtime's Tanh is fast); the neck and decoder of DyT variants.
+    assert (done["sigmoid_dyts"] > 0) is (not for_export and "dyt" in variant)
     x = torch.randn(1, 3, model.img_size, model.img_size, dtype=torch.float64)
     coords = torch.tensor([[[30.0, 40.0], [90.0, 20.0]]], dtype=torch.float64)
     labels = torch.tensor([[1.0, 0.0]], dtype=torch.float64)

@@ -1,0 +1,94 @@
+"""The decoder's per-image work, computed once (``ImageContext``), gives the same masks as recomputing it.
+
+Checked in float64, where only the order of additions differs, for both transformer forms (SAM's and the
+channels-first inference form), LayerNorm and DyT decoders, HQ, and prompts grouped over several images.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgesam_core.models import build_sam
+from edgesam_core.models.inference_form import to_inference_form
+from edgesam_core.models.layers.dyt import DynamicTanh, SigmoidDynamicTanh
+from tests.helpers.perturb import perturb_prompt_path
+
+
+def _model(variant: str, inference_form: bool):
+    torch.manual_seed(0)
+    model = perturb_prompt_path(build_sam(variant)).double().eval()
+    if inference_form:
+        to_inference_form(model)
+    return model
+
+
+def _decode(model, emb, sparse, dense, interm, context=None):
+    kwargs = {"interm_embeddings": interm} if model.is_hq else {}
+    if context is not None:
+        kwargs["context"] = context
+    with torch.no_grad():
+        return model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  num_multimask_outputs=3, **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_debug", "edge_sam_dyt_hq_debug"])
+@pytest.mark.parametrize("inference_form", [False, True])
+@pytest.mark.parametrize("images", [1, 2])
+def test_context_gives_the_same_masks_in_float64(variant, inference_form, images):
+    plain = _model(variant, False)
+    model = _model(variant, inference_form)
+    grid = model.prompt_encoder.get_dense_pe().shape[-1]
+    emb = torch.randn(images, model.mask_decoder.transformer_dim, grid, grid, dtype=torch.float64)
+    interm = None
+    if model.is_hq:
+        with torch.no_grad():
+            feats = plain.image_encoder(torch.randn(images, 3, model.img_size, model.img_size, dtype=torch.float64))
+        emb, interm = feats[0], list(feats[1])
+    # Three prompt sets per image, grouped by image, as distillation batches them.
+    coords = torch.rand(3 * images, 2, 2, dtype=torch.float64) * model.img_size
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]] * images)
+    with torch.no_grad():
+        sparse, dense = plain.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        context = model.mask_decoder.image_context(emb, model.prompt_encoder.get_dense_pe(), dense[:1])
+    reference = _decode(plain, emb, sparse, dense, interm)
+    for got in (_decode(model, emb, sparse, dense, interm), _decode(model, emb, sparse, dense, interm, context)):
+        for r, g in zip(reference, got):
+            torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
+    # The masks really depend on the prompt (a context that ignored it would also "match" a constant).
+    assert (reference[0][0] - reference[0][1]).abs().max() > 1e-3
+
+
+def test_sigmoid_dyt_is_dyt():
+    for channels_last, shape in ((True, (4, 7, 16)), (False, (2, 16, 5, 5))):
+        dyt = DynamicTanh(16, channels_last).double()
+        with torch.no_grad():
+            dyt.alpha.fill_(0.7)
+            dyt.weight.normal_()
+            dyt.bias.normal_()
+        x = 3 * torch.randn(*shape, dtype=torch.float64)
+        torch.testing.assert_close(SigmoidDynamicTanh(dyt)(x), dyt(x), atol=1e-12, rtol=0)
+
+
+def test_predictor_reuses_the_context_across_clicks():
+    import numpy as np
+
+    from edgesam_core.inference.predictor import SamPredictor
+
+    model = _model("edge_sam_dyt_debug", False).float()
+    predictor = SamPredictor(copy.deepcopy(model))
+    image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    predictor.set_image(image)
+    assert predictor.decoder_context is None
+    first = predictor.predict(point_coords=np.array([[30, 40]]), point_labels=np.array([1]), return_logits=True)
+    context = predictor.decoder_context
+    second = predictor.predict(point_coords=np.array([[80, 20]]), point_labels=np.array([1]), return_logits=True)
+    assert context is not None and predictor.decoder_context is context  # computed once per image
+    # A mask input changes the dense embedding: that click does not use the context, and still works.
+    third = predictor.predict(point_coords=np.array([[80, 20]]), point_labels=np.array([1]),
+                              mask_input=first.low_res_logits[:1], return_logits=True)
+    assert np.abs(third.low_res_logits - second.low_res_logits).max() > 0
+    predictor.set_image(image)
+    assert predictor.decoder_context is None  # a new image, a new context
