@@ -106,3 +106,27 @@ def test_quantize_needs_held_out_images(dyt_debug_export, tmp_path):
     _, result = dyt_debug_export
     with pytest.raises(InputError, match="--eval"):
         quantize_pair(result.files["encoder"], QuantizeOptions(calib_dir=one, out_dir=tmp_path))
+
+
+def test_expanded_gates_are_broadcast_again_before_quantising():
+    """The fp32 export's ``x * Resize(sigmoid(g))`` becomes ``x * sigmoid(g)``: same output, no Resize left."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgesam_core.export.quantize import broadcast_expanded_gates
+    from edgesam_core.models.image_encoder_repvit import SqueezeExcite
+    from edgesam_core.models.inference_form import ExpandedGateSqueezeExcite
+
+    torch.manual_seed(0)
+    module = ExpandedGateSqueezeExcite(SqueezeExcite(16)).eval()
+    x = torch.randn(1, 16, 12, 10)
+    buffer = __import__("io").BytesIO()
+    torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=20, input_names=["x"])
+    model = onnx.load_from_string(buffer.getvalue())
+    assert "Resize" in {n.op_type for n in model.graph.node}
+    assert broadcast_expanded_gates(model) == 1
+    assert "Resize" not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-6, atol=1e-6)
