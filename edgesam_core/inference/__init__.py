@@ -15,6 +15,7 @@ _LAZY = {
     "SamAutomaticMaskGenerator": "edgesam_core.inference.automatic_mask_generator",
     "Predictor": "edgesam_core.inference.base",
     "Prediction": "edgesam_core.inference.base",
+    "ExportedSamPredictor": "edgesam_core.inference.exported_predictor",
     "load_predictor": "edgesam_core.inference.load",
     "load_image": "edgesam_core.inference.image_io",
 }

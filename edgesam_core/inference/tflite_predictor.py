@@ -6,8 +6,8 @@ tensors into NHWC, so :class:`TfliteRunner` transposes on the way in and out and
 names and NCHW arrays. The decoder was converted with a fixed prompt layout of ``num_points`` points, so
 every prompt is packed into that layout (box = two corner points labelled 2/3, padding label -1).
 
-Pre- and post-processing are :class:`~edgesam_core.inference.onnx_predictor.OnnxSamPredictor`'s (numpy, no
-torch): this class only swaps the runtime under it.
+The predictor is :class:`~edgesam_core.inference.exported_predictor.ExportedSamPredictor` (shared by every
+exported runtime); this module only provides the LiteRT runner.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgesam_core.errors import InputError
-from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+from edgesam_core.inference.exported_predictor import ExportedSamPredictor
 
 
 def sidecar_for(path: str | Path) -> Path:
@@ -167,8 +167,8 @@ def pair_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(pair["encoder"]), path.with_name(pair["decoder"])
 
 
-class TfliteSamPredictor(OnnxSamPredictor):
-    """SAM-style predictor over a converted ``.tflite`` encoder/decoder pair.
+class TfliteSamPredictor(ExportedSamPredictor):
+    """:class:`ExportedSamPredictor` over LiteRT runners of a converted ``.tflite`` encoder/decoder pair.
 
     Args:
         encoder_path: the encoder ``.tflite`` (or the decoder: the pair is read from the sidecar).
@@ -181,26 +181,15 @@ class TfliteSamPredictor(OnnxSamPredictor):
 
     def __init__(self, encoder_path: str | Path, decoder_path: str | Path | None = None,
                  threads: int | None = None) -> None:
-        from edgesam_core.data.transforms import ResizeLongestSide
-        from edgesam_core.inference.onnx_predictor import MASK_THRESHOLD
-
         if decoder_path is None:
             encoder_path, decoder_path = pair_paths(encoder_path)
-        self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
-        # The ONNX predictor's __init__ opens onnxruntime sessions; the runners take their place.
-        self.encoder = TfliteRunner(self.encoder_path, threads)
-        self.decoder = TfliteRunner(self.decoder_path, threads)
-        meta = self.encoder.meta
-        self.img_size = int(meta["img_size"])
-        self.is_hq = bool(meta.get("is_hq", False))
-        self.num_points = self.decoder.num_points
-        # Keys the ONNX predictor may build; the runner packs them into the static prompt layout.
-        self._decoder_inputs = {"image_embeddings", "point_coords", "point_labels", "boxes", "point_valid",
-                                "boxes_valid"} | {t.name for t in self.decoder.get_inputs()}
-        self.transform = ResizeLongestSide(self.img_size)
-        self.stability_score_offset = 1.0
-        self.mask_threshold = MASK_THRESHOLD
-        self.reset_image()
+        encoder, decoder = TfliteRunner(encoder_path, threads), TfliteRunner(decoder_path, threads)
+        self.num_points = decoder.num_points
+        # Keys the predictor may build; the runner packs them into the static prompt layout.
+        keys = {"image_embeddings", "point_coords", "point_labels", "boxes", "point_valid", "boxes_valid"}
+        super().__init__(encoder, decoder, int(encoder.meta["img_size"]), bool(encoder.meta.get("is_hq", False)),
+                         decoder_inputs=keys | {t.name for t in decoder.get_inputs()},
+                         paths=(Path(encoder_path), Path(decoder_path)))
 
 
 def load_tflite_predictor(path: str | Path, model: str | None = None, device: str = "cpu",

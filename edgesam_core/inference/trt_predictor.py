@@ -3,7 +3,7 @@
 :class:`TrtRunner` executes one engine with torch CUDA tensors as I/O buffers (no pycuda needed): inputs are
 copied to the GPU in the engine's dtypes, static outputs are preallocated, and outputs whose shape depends on
 the data are allocated on demand through an ``IOutputAllocator``. Its ``run(None, feed)`` mirrors
-onnxruntime, so :class:`TrtSamPredictor` reuses the ONNX predictor's numpy pre/post-processing unchanged.
+onnxruntime, so :class:`TrtSamPredictor` is the shared :class:`ExportedSamPredictor` over two such runners.
 Engines are described by their sidecar ``<engine>.json`` (model facts and the encoder/decoder pair).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgesam_core.errors import EdgeSamError, InputError
-from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+from edgesam_core.inference.exported_predictor import ExportedSamPredictor
 
 
 def engine_meta(path: str | Path) -> dict[str, Any]:
@@ -183,8 +183,8 @@ def pair_paths(path: str | Path) -> tuple[Path, Path]:
                      ".engine' with its '.json' sidecar, as written by 'edgesam build-trt')")
 
 
-class TrtSamPredictor(OnnxSamPredictor):
-    """SAM-style predictor over a TensorRT encoder/decoder engine pair.
+class TrtSamPredictor(ExportedSamPredictor):
+    """:class:`ExportedSamPredictor` over TensorRT runners of an encoder/decoder engine pair.
 
     Args:
         encoder_path: the encoder engine (or the decoder: the pair is found through the sidecar).
@@ -196,23 +196,12 @@ class TrtSamPredictor(OnnxSamPredictor):
 
     def __init__(self, encoder_path: str | Path, decoder_path: str | Path | None = None,
                  device: str = "cuda") -> None:
-        from edgesam_core.data.transforms import ResizeLongestSide
-        from edgesam_core.inference.onnx_predictor import MASK_THRESHOLD
-
         if decoder_path is None:
             encoder_path, decoder_path = pair_paths(encoder_path)
-        self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
-        # The ONNX predictor's __init__ opens onnxruntime sessions; the engines take their place.
-        self.encoder = TrtRunner(self.encoder_path, device)
-        self.decoder = TrtRunner(self.decoder_path, device)
-        image_shape = self.encoder.get_inputs()[0].shape
-        self.img_size = int(self.encoder.meta.get("img_size") or image_shape[-1])
-        self.is_hq = bool(self.encoder.meta.get("is_hq", len(self.encoder.get_outputs()) == 4))
-        self._decoder_inputs = {t.name for t in self.decoder.get_inputs()}
-        self.transform = ResizeLongestSide(self.img_size)
-        self.stability_score_offset = 1.0
-        self.mask_threshold = MASK_THRESHOLD
-        self.reset_image()
+        encoder, decoder = TrtRunner(encoder_path, device), TrtRunner(decoder_path, device)
+        img_size = encoder.meta.get("img_size") or encoder.get_inputs()[0].shape[-1]
+        is_hq = bool(encoder.meta.get("is_hq", len(encoder.get_outputs()) == 4))
+        super().__init__(encoder, decoder, int(img_size), is_hq, paths=(Path(encoder_path), Path(decoder_path)))
 
 
 def load_trt_predictor(path: str | Path, model: str | None = None, device: str = "cuda",
