@@ -52,3 +52,38 @@ def interleaved_rounds(cases: dict[str, Any], rounds: int) -> dict[str, list[flo
                 fn()
                 times[name].append((time.perf_counter() - start) * 1000)
     return times
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Sessions alternate on 2 cores: a spinning idle pool of one would steal time from the next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def previous_pair(model, x, emb, out: Path) -> dict[str, Path]:
+    """The pair this project's exporter wrote before the inference form: RepViT folded, opset 17, no other
+    rewrite (the reference of the inference-form and decoder benchmarks)."""
+    import copy
+
+    import onnx
+    import onnxsim
+    import torch
+
+    from edgesam_core.export.onnx_export import OnnxExportOptions, _export_decoder, torch_onnx_export
+    from edgesam_core.export.wrappers import ENCODER_INPUTS, EncoderForExport, encoder_output_names
+    from edgesam_core.models.reparam import reparameterize_repvit
+
+    old = copy.deepcopy(model).eval()
+    reparameterize_repvit(old.image_encoder)
+    paths = {"encoder": out / "previous_encoder.onnx", "decoder": out / "previous_decoder.onnx"}
+    with torch.no_grad():
+        torch_onnx_export(EncoderForExport(old), (x,), paths["encoder"], ENCODER_INPUTS, encoder_output_names(False),
+                          {}, 17)
+        simplified, _ = onnxsim.simplify(onnx.load(str(paths["encoder"])))
+        onnx.save(simplified, str(paths["encoder"]))
+        _export_decoder(old, emb, None, paths["decoder"], OnnxExportOptions(opset=17), False, [])
+    return paths

@@ -31,8 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import build_model, emit_json, interleaved_rounds  # noqa: E402
-from benchmarks.bench_inference_form import _previous_pair, _session  # noqa: E402
+from benchmarks._common import build_model, emit_json, interleaved_rounds, ort_session, previous_pair  # noqa: E402
 
 
 def _photo() -> np.ndarray:
@@ -48,7 +47,7 @@ def _reference_pair(args: argparse.Namespace, model, x, emb, work: Path) -> tupl
         ref = Path(args.reference)
         return ({"encoder": next(ref.glob("*_encoder.onnx")), "decoder": next(ref.glob("*_decoder.onnx"))},
                 f"upstream's exporter output in {ref}")
-    return _previous_pair(model, x, emb, work), "this project's export before the inference form"
+    return previous_pair(model, x, emb, work), "this project's export before the inference form"
 
 
 def main() -> None:
@@ -76,7 +75,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
     reference, reference_kind = _reference_pair(args, model, x, emb, work)
     ours = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work, name="ours"), model=model).files
-    s = {name: _session(path, args.threads) for name, path in {
+    s = {name: ort_session(path, args.threads) for name, path in {
         "ref_encoder": reference["encoder"], "ref_decoder": reference["decoder"], "our_encoder": ours["encoder"],
         "our_image_stage": ours["decoder_image"], "our_prompt_stage": ours["decoder_prompts"]}.items()}
 

@@ -22,38 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit_json, interleaved_rounds  # noqa: E402
-
-
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    # Sessions alternate on 2 cores: a spinning idle pool of one would steal time from the next.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _previous_pair(model, x, emb, out: Path) -> dict[str, Path]:
-    """The pair as exported before this work: RepViT folded, opset 17, no other rewrite."""
-    import onnx
-    import onnxsim
-
-    from edgesam_core.export.onnx_export import OnnxExportOptions, _export_decoder, torch_onnx_export
-    from edgesam_core.export.wrappers import ENCODER_INPUTS, EncoderForExport, encoder_output_names
-    from edgesam_core.models.reparam import reparameterize_repvit
-
-    old = copy.deepcopy(model).eval()
-    reparameterize_repvit(old.image_encoder)
-    paths = {"encoder": out / "previous_encoder.onnx", "decoder": out / "previous_decoder.onnx"}
-    with torch.no_grad():
-        torch_onnx_export(EncoderForExport(old), (x,), paths["encoder"], ENCODER_INPUTS, encoder_output_names(False),
-                          {}, 17)
-        simplified, _ = onnxsim.simplify(onnx.load(str(paths["encoder"])))
-        onnx.save(simplified, str(paths["encoder"]))
-        _export_decoder(old, emb, None, paths["decoder"], OnnxExportOptions(opset=17), False, [])
-    return paths
+from benchmarks._common import emit_json, interleaved_rounds, ort_session, previous_pair  # noqa: E402
 
 
 def main() -> None:
@@ -77,9 +46,9 @@ def main() -> None:
     with torch.no_grad():
         emb = model.image_encoder(x)
     work = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
-    previous = _previous_pair(model, x, emb, work)
+    previous = previous_pair(model, x, emb, work)
     ours = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work, name="ours"), model=model).files
-    sessions = {name: _session(path, args.threads) for name, path in
+    sessions = {name: ort_session(path, args.threads) for name, path in
                 {"onnx_encoder_previous": previous["encoder"], "onnx_encoder_ours": ours["encoder"],
                  "onnx_decoder_previous": previous["decoder"], "onnx_decoder_ours": ours["decoder"]}.items()}
     click = {"coords": np.array([[[500.0, 375.0]]], np.float32) * model.img_size / 1024,

@@ -215,7 +215,7 @@ def reparameterized_copy(model: Any, for_export: bool = True) -> tuple[Any, int]
     from edgesam_core.models.inference_form import to_inference_form
 
     fused = copy.deepcopy(model).eval()
-    done = to_inference_form(fused, for_export=for_export, channels_first_decoder=for_export)
+    done = to_inference_form(fused, for_export=for_export, decoder_rewrites=for_export)
     return fused, done["repvgg_blocks"]
 
 

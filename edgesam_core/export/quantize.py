@@ -197,13 +197,13 @@ def _quantize_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per
     unexpanded = dst.with_name(dst.name + ".gates.tmp")
     source = src
     try:
-        graph = onnx.load(str(src))
-        if broadcast_expanded_gates(graph):
-            onnx.save(graph, str(unexpanded))
-            src = source = unexpanded
+        model = onnx.load(str(src))
+        if broadcast_expanded_gates(model):
+            onnx.save(model, str(unexpanded))
+            source = unexpanded
         try:
             # Shape inference + graph optimisation first, as onnxruntime recommends for static quantisation.
-            q.shape_inference.quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+            q.shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
             source = prepared
         except Exception as exc:  # noqa: BLE001 - optional step; quantise the plain graph instead
             notes.append(f"{src.name}: pre-processing skipped ({type(exc).__name__})")

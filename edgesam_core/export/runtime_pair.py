@@ -59,16 +59,11 @@ def _pair_name(path: Path) -> str | None:
 def _graph_metadata(encoder: Path, decoder: Path) -> dict[str, Any]:
     """Model facts from the export sidecar (``X_encoder.json``), else from the graphs' I/O."""
     meta: dict[str, Any] = {}
-    sidecar = encoder.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            data = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            data = {}
-        for key in ("model_type", "is_hq", "img_size", "checkpoint", "checkpoint_sha256", "upsample_mode"):
-            if key in data:
-                meta[key] = data[key]
-    meta["float64_parity"] = {**_float64_record(encoder), **_float64_record(decoder)}
+    sidecars = {graph: _read_sidecar(graph) for graph in (encoder, decoder)}
+    for key in ("model_type", "is_hq", "img_size", "checkpoint", "checkpoint_sha256", "upsample_mode"):
+        if key in sidecars[encoder]:
+            meta[key] = sidecars[encoder][key]
+    meta["float64_parity"] = {k: v for graph, data in sidecars.items() for k, v in _float64_record(graph, data).items()}
     from edgesam_core.deps import require
 
     onnx = require("onnx", purpose="reading ONNX graphs")
@@ -84,20 +79,27 @@ def _graph_metadata(encoder: Path, decoder: Path) -> dict[str, Any]:
     return meta
 
 
-def _float64_record(graph: Path) -> dict[str, dict[str, float]]:
-    """The export's float64 parity entries of ``graph`` (its sidecar), keyed ``graph/case/output``.
+def _read_sidecar(graph: Path) -> dict[str, Any]:
+    """``X.json`` beside ``X.onnx`` as a dict (empty when missing or unreadable)."""
+    try:
+        data = json.loads(graph.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _float64_record(graph: Path, sidecar: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The export's float64 parity entries of ``graph`` (from its ``sidecar``), keyed ``graph/case/output``.
 
     Each keeps how far ONNX Runtime landed from the float64 model (``max_abs``, ``rms``) and the fp32 noise
     floor there (``floor_max``, ``floor_rms``). Empty for graphs without an edgesam sidecar, or whose
     sidecar no longer matches the file.
     """
-    sidecar = graph.with_suffix(".json")
     try:
-        data = json.loads(sidecar.read_text())
-        entries = data["parity"]["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entries = sidecar["parity"]["entries"]
+    except (KeyError, TypeError):
         return {}
-    if data.get("file") not in (None, graph.name):
+    if sidecar.get("file") not in (None, graph.name):
         return {}
     record = {}
     for entry in entries if isinstance(entries, list) else []:

@@ -73,19 +73,12 @@ class _PromptTokens(nn.Module):
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
     def points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Tokens B x N x C for points with labels in {-2, -1, 0, 1, 2, 3}."""
-        pe = self.prompt_encoder
-        lab = labels.unsqueeze(-1)
-        tokens = self.fourier(coords) * (lab != -1).to(coords.dtype)
-        tokens = tokens + pe.not_a_point_embed.weight * (lab == -1).to(coords.dtype)
-        for i, emb in enumerate(pe.point_embeddings):
-            tokens = tokens + emb.weight * (lab == i).to(coords.dtype)
-        # Label -2 ("ignore") removes the token's content entirely, as the PyTorch prompt encoder does.
-        return tokens * (lab != -2).to(coords.dtype)
+        """Tokens B x N x C for points with labels in {-2, -1, 0, 1, 2, 3}.
 
-    def points_by_lookup(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """:meth:`points` as one table lookup: label -2..3 picks a row of (zero, ``not_a_point``, the four point
-        embeddings), added to the Fourier features of real points (labels 0..3). Fewer graph nodes, same tokens."""
+        One table lookup: label -2..3 picks a row of (zero, ``not_a_point``, the four point embeddings), added
+        to the Fourier features of real points (labels 0..3). Label -2 ("ignore") thus gives an all-zero token,
+        as the PyTorch prompt encoder does.
+        """
         pe = self.prompt_encoder
         table = torch.cat([torch.zeros_like(pe.not_a_point_embed.weight), pe.not_a_point_embed.weight,
                            *[emb.weight for emb in pe.point_embeddings]], dim=0)
@@ -226,7 +219,7 @@ class DecoderPromptStageForExport(nn.Module):
         image_pe = self.model.prompt_encoder.get_dense_pe()
         key_pe = self.model.mask_decoder.transformer.key_pe(image_pe)
         context = ImageContext(image_tokens, key_pe, token_to_image_k, token_to_image_v, image_to_token_q)
-        sparse = self.prompts.points_by_lookup(point_coords, point_labels)
+        sparse = self.prompts.points(point_coords, point_labels)
         masks, scores = self.model.mask_decoder(None, image_pe, sparse, None, num_multimask_outputs=4,
                                                 context=context)
         return scores, masks

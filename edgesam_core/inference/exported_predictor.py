@@ -233,37 +233,22 @@ class ExportedSamPredictor:
     ) -> tuple[Any, ...]:
         """``SamPredictor.predict_torch`` for exported graphs: B prompt sets already in the model-input frame.
 
-        The graphs take one prompt set per call, so row ``b`` is one decoder run; the results are stacked
-        into torch tensors ``(masks BxCxHxW, scores BxC, low_res_logits BxCxhxw)``. This is what lets the
+        The staged decoder takes ``prompt_batch`` prompt sets per call, the contract decoder one; the results
+        are torch tensors ``(masks BxCxHxW, scores BxC, low_res_logits BxCxhxw)``. This is what lets the
         automatic mask generator ("segment everything") run on ONNX, TFLite and TensorRT models.
         """
-        import torch
-
         from edgesam_core.inference.amg import calculate_stability_score
         from edgesam_core.inference.predictor import resolve_num_outputs
 
         self._require_image()
         self._reject_unsupported(mask_input, return_sam_masks)
         num_outputs = resolve_num_outputs(num_multimask_outputs, multimask_output)
-        rows = point_coords.shape[0] if point_coords is not None else boxes.shape[0] if boxes is not None else 0
-        if rows == 0:
+        if point_coords is None and boxes is None:
             raise ValueError("predict_torch needs point_coords (BxNx2) or boxes (Bx4)")
-
-        def row(t: Any, b: int) -> np.ndarray | None:
-            return None if t is None else t[b].detach().cpu().numpy().astype(np.float64)
-
-        if self.staged:
-            scores, low_res = self._decode_rows(point_coords, point_labels, boxes, num_outputs)
-            decoded = [(None, low_res[b].numpy(), None) for b in range(rows)]
-        else:
-            decoded = [self._decode(row(point_coords, b), row(point_labels, b), row(boxes, b), num_outputs)
-                       for b in range(rows)]
-            scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
-            low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
+        scores, low_res, logits = self._decode_rows(point_coords, point_labels, boxes, num_outputs)
         if use_stability_score:
             scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
-        masks = torch.from_numpy(np.stack([
-            postprocess_masks(d[1], self.img_size, self.input_size, self.original_size) for d in decoded]))
+        masks = self.upscale_masks(logits)
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, scores, low_res
@@ -273,50 +258,56 @@ class ExportedSamPredictor:
     #: cores: 1 -> 11.5 ms, 8 -> 14.7 ms, 64 -> 13.3 ms); raise it for GPUs.
     prompt_batch = 1
 
-    def _decode_rows(self, coords: Any, labels: Any, boxes: Any, num_outputs: int) -> tuple[Any, Any]:
-        """Rows of torch prompts through the staged decoder, ``prompt_batch`` per call: (scores, low_res)."""
+    def _decode_rows(self, coords: Any, labels: Any, boxes: Any, num_outputs: int) -> tuple[Any, Any, Any]:
+        """Rows of torch prompts (model-input frame) -> torch ``(scores, low_res, logits)``.
+
+        The staged decoder takes ``prompt_batch`` rows per call, the contract decoder one; ``logits`` are what
+        the graph returned (input-size for ``--upsample`` exports, else ``low_res`` itself).
+        """
         import torch
 
-        def part(t: Any, start: int) -> np.ndarray | None:
-            return None if t is None else t[start:start + self.prompt_batch].detach().cpu().numpy()
-
         rows = (coords if coords is not None else boxes).shape[0]
+        step = self.prompt_batch if self.staged else 1
+
+        def part(t: Any, start: int) -> np.ndarray | None:
+            return None if t is None else t[start:start + step].detach().cpu().numpy()
+
         sl = _MASK_SLICES[num_outputs]
-        scores, low_res = [], []
-        for start in range(0, rows, self.prompt_batch):
-            s, m = self._decode_batch(part(coords, start), part(labels, start), part(boxes, start))
-            scores.append(s[:, sl])
-            low_res.append(m[:, sl])
-        return (torch.from_numpy(np.concatenate(scores).astype(np.float32)),
-                torch.from_numpy(np.concatenate(low_res).astype(np.float32)))
+        scores, low_res, logits = [], [], []
+        for start in range(0, rows, step):
+            if self.staged:
+                s, m = self._decode_batch(part(coords, start), part(labels, start), part(boxes, start))
+                scores.append(s[:, sl])
+                low_res.append(m[:, sl])
+                logits.append(m[:, sl])
+            else:
+                one = [None if t is None else t[0].astype(np.float64)
+                       for t in (part(coords, start), part(labels, start), part(boxes, start))]
+                s, g, m = self._decode(*one, num_outputs)
+                scores.append(s[None])
+                low_res.append(m[None])
+                logits.append(g[None])
+        return tuple(torch.from_numpy(np.concatenate(t).astype(np.float32)) for t in (scores, low_res, logits))
 
     def predict_low_res_torch(self, point_coords: Any, point_labels: Any, num_multimask_outputs: int,
                               use_stability_score: bool) -> tuple[Any, Any]:
         """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling."""
-        import torch
-
         from edgesam_core.inference.amg import calculate_stability_score
 
         self._require_image()
-        if self.staged:
-            scores, low_res = self._decode_rows(point_coords, point_labels, None, num_multimask_outputs)
-        else:
-            decoded = [self._decode(point_coords[b].numpy().astype(np.float64), point_labels[b].numpy(), None,
-                                    num_multimask_outputs) for b in range(point_coords.shape[0])]
-            scores = torch.from_numpy(np.stack([d[0] for d in decoded]))
-            low_res = torch.from_numpy(np.stack([d[2] for d in decoded]))
+        scores, low_res, _ = self._decode_rows(point_coords, point_labels, None, num_multimask_outputs)
         if use_stability_score:
             scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
         return scores, low_res
 
-    def upscale_masks(self, low_res: Any) -> Any:
-        """Low-res logits ``BxCxhxw`` (torch) -> logits in the original image frame."""
+    def upscale_masks(self, logits: Any) -> Any:
+        """Logits ``BxCxhxw`` (torch; low-res or input-size) -> logits in the original image frame."""
         import torch
 
-        if not len(low_res):
-            return torch.zeros((0, low_res.shape[1], *self.original_size))
+        if not len(logits):
+            return torch.zeros((0, logits.shape[1], *self.original_size))
         return torch.stack([torch.from_numpy(postprocess_masks(m.numpy(), self.img_size, self.input_size,
-                                                                self.original_size)) for m in low_res])
+                                                                self.original_size)) for m in logits])
 
     @staticmethod
     def _reject_unsupported(mask_input: Any, return_sam_masks: bool) -> None:
@@ -362,7 +353,6 @@ class ExportedSamPredictor:
         # Graphs exported with --upsample return SxS logits; bring them back to the low-res grid.
         low_res = logits if logits.shape[-1] == low_res_side else resize_bilinear(logits, low_res_side, low_res_side)
         return scores, logits, low_res
-
 
     def _decode_batch(self, coords: np.ndarray | None, labels: np.ndarray | None,
                       boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -322,21 +322,11 @@ class SamPredictor:
         """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling: callers
         that filter many candidates (the automatic mask generator) upscale only the survivors."""
         self._require_image()
-        features, interm = (self.features if isinstance(self.features, tuple) else (self.features, None))
-        context = self._image_context()
         batch = self.prompt_batch or (64 if self.device.type == "cuda" else 1)
-        parts = []
-        for start in range(0, point_coords.shape[0], batch):
-            sparse, dense = self.model.prompt_encoder(points=(point_coords[start:start + batch].float(),
-                                                              point_labels[start:start + batch].int()),
-                                                      boxes=None, masks=None)
-            outs = self.model.mask_decoder(
-                image_embeddings=features, image_pe=self.dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, num_multimask_outputs=num_multimask_outputs, interm_embeddings=interm,
-                **({"context": context} if context is not None else {}))
-            parts.append((outs[0], outs[2]) if len(outs) == 3 else outs)
+        parts = [self._decode(point_coords[start:start + batch], point_labels[start:start + batch], None, None,
+                              num_multimask_outputs) for start in range(0, point_coords.shape[0], batch)]
         low_res = torch.cat([part[0] for part in parts])
-        scores = torch.cat([part[1] for part in parts])
+        scores = torch.cat([part[2] for part in parts])
         if use_stability_score:
             scores = calculate_stability_score(low_res, self.model.mask_threshold, self.stability_score_offset)
         return scores.float(), low_res.float()
@@ -346,19 +336,9 @@ class SamPredictor:
         """Low-res logits ``BxCxhxw`` -> logits in the original image frame."""
         return self.model.postprocess_masks(low_res, self.input_size, self.original_size)
 
-    @torch.no_grad()
-    def _run(
-        self,
-        coords: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-        mask_input: torch.Tensor | None,
-        num_outputs: int,
-        return_logits: bool,
-        use_stability_score: bool,
-        want_sam: bool = False,
-        best_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _decode(self, coords: torch.Tensor | None, labels: torch.Tensor | None, boxes: torch.Tensor | None,
+                mask_input: torch.Tensor | None, num_outputs: int) -> tuple[torch.Tensor, ...]:
+        """One decoder call on prompts in the model-input frame: ``(low_res, low_res_sam or None, scores)``."""
         features = self.features
         interm = None
         if isinstance(features, tuple):
@@ -378,9 +358,24 @@ class SamPredictor:
             **({"context": context} if context is not None else {}),
         )
         if len(outs) == 3:  # HQ decoder: (HQ mask, token-0 SAM mask, token-0 IoU)
-            low_res, low_res_sam, scores = outs
-        else:
-            (low_res, scores), low_res_sam = outs, None
+            return outs
+        low_res, scores = outs
+        return low_res, None, scores
+
+    @torch.no_grad()
+    def _run(
+        self,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        num_outputs: int,
+        return_logits: bool,
+        use_stability_score: bool,
+        want_sam: bool = False,
+        best_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        low_res, low_res_sam, scores = self._decode(coords, labels, boxes, mask_input, num_outputs)
         if use_stability_score or best_only:
             stability = calculate_stability_score(low_res, self.model.mask_threshold, self.stability_score_offset)
             if use_stability_score:

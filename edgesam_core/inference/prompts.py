@@ -31,7 +31,6 @@ class SegmentPrompts:
     everything: bool = False
     fast: bool = False
 
-
     def prompt_sets(self) -> list[dict[str, object]]:
         """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}``."""
         base = {"points": [list(p) for p in self.points], "labels": list(self.labels)}

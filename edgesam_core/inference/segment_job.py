@@ -24,7 +24,7 @@ import numpy as np
 from edgesam_core.errors import EdgeSamError, InputError
 from edgesam_core.inference.image_io import list_images, load_image
 from edgesam_core.inference.overlay import render_overlay
-from edgesam_core.inference.prompts import SegmentPrompts, check_prompts_fit
+from edgesam_core.inference.prompts import FAST_EVERYTHING, SegmentPrompts, check_prompts_fit
 from edgesam_core.progress import NullProgress, Progress
 
 
@@ -346,8 +346,6 @@ def _segment_one(path: Path, stem: str, image: np.ndarray, predictor: Any, promp
     predictor.set_image(image)
     try:
         if prompts.everything:
-            from edgesam_core.inference.prompts import FAST_EVERYTHING
-
             results = predict_everything(predictor, image, **(FAST_EVERYTHING if prompts.fast else {}))
         else:
             results = predict_prompts(predictor, prompts, multimask)

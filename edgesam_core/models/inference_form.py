@@ -10,8 +10,10 @@ rounding:
 * in PyTorch, each DyT as ``2w * sigmoid(2 alpha x) + (b - w)`` (PyTorch's CPU tanh is ~5x slower);
 * the mask decoder's two-way transformer with channels-first image tokens (no transposes of image-sized
   tensors, the image->token softmax vectorised; :mod:`.two_way_channels_first`);
-* in PyTorch, the mask decoder's stride-2 ``ConvTranspose2d(k=2)`` layers as a 1x1 convolution plus
-  ``pixel_shuffle`` (exports keep the deconvolutions, which ONNX Runtime runs faster than MatMul + DepthToSpace);
+* in PyTorch on CPUs, the decoder's upscaling in channels-last memory; its other stride-2
+  ``ConvTranspose2d(k=2)`` layers (and all of them off CPUs) as a 1x1 convolution plus ``pixel_shuffle``
+  (exports keep the deconvolutions, which ONNX Runtime runs faster than MatMul + DepthToSpace);
+* the decoder's four hypernetwork MLPs as one batched MLP (:class:`BatchedMLPs`);
 * for export only (``for_export=True``): the neck's fixed-size bicubic upsampling as two small matrix products
   ``A @ X @ B`` (ONNX Runtime's cubic ``Resize`` took ~16 % of the encoder), and each squeeze-excite gate
   expanded to the feature map's size with a nearest ``Resize`` before the multiply (ONNX Runtime keeps a
@@ -186,29 +188,31 @@ def fold_neck(encoder: RepViTEncoder) -> int:
     return folds
 
 
-def _replace(parent: nn.Module, should: type | tuple, make) -> int:
+def _replace(parent: nn.Module, should: type | tuple, make, skip: type | tuple = ()) -> int:
+    """Replace every ``should`` module below ``parent`` by ``make(module)``, not looking inside ``skip`` ones."""
     count = 0
     for name, child in parent.named_children():
-        if isinstance(child, ChannelsLastUpscaling) and not isinstance(child, should):
-            continue  # already in its inference form (its deconvolutions stay)
+        if skip and isinstance(child, skip):
+            continue
         if isinstance(child, should) and (not isinstance(child, nn.ConvTranspose2d) or _is_stride2_deconv(child)):
             setattr(parent, name, make(child))
             count += 1
         else:
-            count += _replace(child, should, make)
+            count += _replace(child, should, make, skip)
     return count
 
 
 @torch.no_grad()
 def to_inference_form(model: nn.Module, for_export: bool = False,
-                      channels_first_decoder: bool = True) -> dict[str, int]:
+                      decoder_rewrites: bool = True) -> dict[str, int]:
     """Rewrite ``model`` (a ``Sam``) in place into its inference form; returns what was rewritten.
 
     Args:
         model: an eval-mode model with its weights loaded (its state dict no longer matches checkpoints after).
         for_export: also apply the ONNX Runtime specific rewrites (matrix-product upsampling, expanded SE gates).
-        channels_first_decoder: rewrite the decoder's transformer channels-first (its dynamic reshapes are
-            what static-shape converters such as onnx2tf cannot take, so portable exports leave it out).
+        decoder_rewrites: rewrite the decoder's transformer channels-first (DyT models) and batch its
+            hypernetwork MLPs (their dynamic reshapes are what static-shape converters such as onnx2tf cannot
+            take, so portable exports leave them out).
     """
     model.eval()
     done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0,
@@ -227,14 +231,14 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
     decoder = getattr(model, "mask_decoder", None)
     mlps = getattr(decoder, "output_hypernetworks_mlps", None)
     # (HQ decoders stack their MLPs with the HQ token's own in predict_masks: left as they are.)
-    if channels_first_decoder and mlps is not None and not hasattr(decoder, "hf_mlp") \
+    if decoder_rewrites and mlps is not None and not hasattr(decoder, "hf_mlp") \
             and len({len(m.layers) for m in mlps}) == 1:
         decoder.batched_hypernetworks = BatchedMLPs(mlps)
         done["batched_hypernetworks"] = len(mlps)
     transformer = getattr(decoder, "transformer", None)
     # Channels-first only pays with DyT norms (elementwise): a LayerNorm over the channel axis would need
     # strided reductions, where the token layout gets ONNX Runtime's fused LayerNormalization.
-    if channels_first_decoder and isinstance(transformer, TwoWayTransformer) \
+    if decoder_rewrites and isinstance(transformer, TwoWayTransformer) \
             and isinstance(transformer.norm_final_attn, DynamicTanh):
         decoder.transformer = ChannelsFirstTwoWayTransformer(decoder.transformer)
         done["channels_first_transformer"] = 1
@@ -249,5 +253,6 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
         if upscaling is not None and next(decoder.parameters()).device.type == "cpu":
             decoder.output_upscaling = ChannelsLastUpscaling(upscaling)
             done["deconvs"] = sum(_is_stride2_deconv(m) for m in upscaling.modules())
-        done["deconvs"] += _replace(decoder, nn.ConvTranspose2d, PixelShuffleUpsample)
+        # (The channels-last upscaling keeps its deconvolutions.)
+        done["deconvs"] += _replace(decoder, nn.ConvTranspose2d, PixelShuffleUpsample, skip=ChannelsLastUpscaling)
     return done

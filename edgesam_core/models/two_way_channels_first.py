@@ -42,17 +42,12 @@ def _heads_cf(x: Tensor, heads: int) -> Tensor:
 
 
 def _norm_cf(norm: nn.Module, x: Tensor) -> Tensor:
-    """A token norm (over C) applied to channels-first ``(B, C, n)``."""
+    """A DyT token norm (elementwise, per channel C) applied to channels-first ``(B, C, n)``."""
     if isinstance(norm, DynamicTanh):
         return torch.tanh(norm.alpha * x) * norm.weight.unsqueeze(-1) + norm.bias.unsqueeze(-1)
     if isinstance(norm, SigmoidDynamicTanh):
         return torch.addcmul(norm.bias.unsqueeze(-1), torch.sigmoid(norm.alpha * x), norm.weight.unsqueeze(-1))
-    if isinstance(norm, nn.LayerNorm):
-        mean = x.mean(dim=1, keepdim=True)
-        centred = x - mean
-        var = (centred * centred).mean(dim=1, keepdim=True)
-        return centred / torch.sqrt(var + norm.eps) * norm.weight.unsqueeze(-1) + norm.bias.unsqueeze(-1)
-    raise TypeError(f"no channels-first form for {type(norm).__name__}")
+    raise TypeError(f"no channels-first form for {type(norm).__name__} (the rewrite is for DyT decoders)")
 
 
 def _softmax(x: Tensor, dim: int) -> Tensor:
