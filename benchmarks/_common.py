@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,13 @@ def build_model(variant: str, checkpoint: str | None = None, seed: int = 0, spre
             for param in list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters()):
                 param.add_(torch.randn(param.shape, generator=generator) * spread)
     return model
+
+
+def scratch_dir() -> Path:
+    """A fresh folder for the run's exported files, removed when the benchmark exits."""
+    work = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
+    atexit.register(shutil.rmtree, work, True)
+    return work
 
 
 def emit_json(result: dict, out: str | Path | None) -> None:

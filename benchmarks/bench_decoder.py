@@ -22,7 +22,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import build_model, emit_json, interleaved_rounds, ort_session, previous_pair  # noqa: E402
+from benchmarks._common import build_model, emit_json, interleaved_rounds, ort_session, previous_pair, scratch_dir  # noqa: E402
 
 
 def _photo() -> np.ndarray:
@@ -72,7 +71,7 @@ def main() -> None:
     x = prepare_image(model, photo)
     with torch.no_grad():
         emb = model.image_encoder(x)
-    work = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
+    work = scratch_dir()
     reference, reference_kind = _reference_pair(args, model, x, emb, work)
     ours = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work, name="ours"), model=model).files
     s = {name: ort_session(path, args.threads) for name, path in {

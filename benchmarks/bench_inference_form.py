@@ -14,7 +14,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit_json, interleaved_rounds, ort_session, previous_pair  # noqa: E402
+from benchmarks._common import emit_json, interleaved_rounds, ort_session, previous_pair, scratch_dir  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +44,7 @@ def main() -> None:
     x = prepare_image(model, image)
     with torch.no_grad():
         emb = model.image_encoder(x)
-    work = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
+    work = scratch_dir()
     previous = previous_pair(model, x, emb, work)
     ours = export_onnx(None, OnnxExportOptions(model_type=args.model, out_dir=work, name="ours"), model=model).files
     sessions = {name: ort_session(path, args.threads) for name, path in
