@@ -35,6 +35,8 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("quantize", "quantize", DEPLOY_PANEL),
     ("convert-tflite", "convert_tflite", DEPLOY_PANEL),
     ("build-trt", "build_trt", DEPLOY_PANEL),
+    ("export-executorch", "export_executorch", DEPLOY_PANEL),
+    ("export-coreml", "export_coreml", DEPLOY_PANEL),
     ("download-data", "download_data", DATA_PANEL),
     ("distill", "distill", DATA_PANEL),
     ("segment", "segment", INFER_PANEL),

@@ -30,6 +30,26 @@ ExportOutDirOpt = Annotated[Path | None, typer.Option(
 ExportNameOpt = Annotated[str | None, typer.Option("--name", help="File stem (default: the ONNX pair's name).")]
 """File stem of the converted files."""
 
+# -- export-executorch / export-coreml: a checkpoint in, on-device files out ----------------------------------
+
+CheckpointArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="PyTorch checkpoint (.pth/.pt).")]
+"""The checkpoint an exporter reads."""
+
+RecognisedVariantOpt = Annotated[str | None, typer.Option(
+    "--model", help="Variant (default: recognised from the checkpoint).")]
+"""Model variant of a checkpoint, recognised from its weights when omitted."""
+
+OutBesideCheckpointOpt = Annotated[Path | None, typer.Option(
+    "--out", file_okay=False, help="Output folder (default: beside the checkpoint).")]
+"""Output folder of an export from a checkpoint."""
+
+CheckpointStemOpt = Annotated[str | None, typer.Option("--name", help="File stem (default: the checkpoint's).")]
+"""File stem of files exported from a checkpoint."""
+
+MaxPointsOpt = Annotated[int, typer.Option(
+    "--max-points", min=2, help="Most decoder points per prompt (a box counts as 2).")]
+"""Largest packed prompt a dynamic-shape decoder takes."""
+
 # -- shared by several commands ------------------------------------------------------------------------------
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]

@@ -30,7 +30,7 @@ from .errors import ConfigError, EdgeSamError, MissingDependencyError
 from .progress import NullProgress, Progress
 
 #: Backend names accepted by :func:`run_benchmark`.
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-fp16", "onnx-int8")
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-fp16", "onnx-int8", "executorch", "executorch-int8")
 STAGES: tuple[str, ...] = ("encoder", "decoder", "end_to_end")
 
 
@@ -202,26 +202,53 @@ def _convert_pair(encoder: Path, out_dir: Path, convert: Callable[[Any], Any]) -
     return new_encoder
 
 
+def _calibration_dir(settings: BenchmarkSettings, work_dir: Path, notes: list[str]) -> Path:
+    """``settings.calib_dir``, or 4 seeded noise images (the graph and its latency are the same, but an
+    artifact calibrated on them is for timing only)."""
+    from PIL import Image
+
+    if settings.calib_dir is not None:
+        return settings.calib_dir
+    calib_dir = work_dir / "calib"
+    if not calib_dir.is_dir():
+        calib_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(settings.seed)
+        h, w = settings.image_hw
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(calib_dir / f"noise_{i}.png")
+    notes.append("int8 calibrated on 4 synthetic noise images: valid for latency, not for accuracy "
+                 "(pass --calib DIR to calibrate on real images)")
+    return calib_dir
+
+
+def _executorch_pair(backend: str, settings: BenchmarkSettings, work_dir: Path, cache: dict[str, Any],
+                     notes: list[str]) -> Path:
+    """The ``.pte`` encoder for ``executorch`` / ``executorch-int8``: the given program or an export made here."""
+    if settings.checkpoint is not None and settings.checkpoint.suffix.lower() == ".pte":
+        if backend == "executorch-int8":
+            raise MissingDependencyError("the checkpoint is a .pte program; executorch-int8 needs a .pth to export")
+        return settings.checkpoint
+    from .export.executorch_export import ExecutorchOptions, export_executorch
+
+    model = cache.get("model") or _build_torch_model(settings)
+    cache["model"] = model
+    int8 = backend == "executorch-int8"
+    opts = ExecutorchOptions(out_dir=work_dir / "pte", name=settings.model, int8=int8, min_iou=0.0,
+                             calib_dir=_calibration_dir(settings, work_dir, notes) if int8 else None,
+                             calib_count=8, eval_count=1, prompts_per_image=1, threads=settings.threads or 2)
+    return export_executorch(None, None, opts, model=model.to("cpu")).files["encoder"]
+
+
 def _quantize_int8(encoder: Path, settings: BenchmarkSettings, work_dir: Path, notes: list[str]) -> Path:
     """Static int8 quantisation of the fp32 pair with the export helper's ``quantize_pair``.
 
     Without ``settings.calib_dir`` it calibrates on a few seeded noise images: the graph (and so the latency)
     is the same, but such an artifact is for timing only.
     """
-    from PIL import Image
 
     from .export.quantize import QuantizeOptions, quantize_pair
 
-    calib_dir = settings.calib_dir
-    if calib_dir is None:
-        calib_dir = work_dir / "calib"
-        calib_dir.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(settings.seed)
-        h, w = settings.image_hw
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(calib_dir / f"noise_{i}.png")
-        notes.append("int8 calibrated on 4 synthetic noise images: valid for latency, not for accuracy "
-                     "(pass --calib DIR to calibrate on real images)")
+    calib_dir = _calibration_dir(settings, work_dir, notes)
     opts = QuantizeOptions(calib_dir=calib_dir, out_dir=work_dir / "int8", max_calib=8, max_eval=1,
                            prompts_per_image=1, threads=settings.threads or 2, latency_runs=1, warmup_runs=0,
                            seed=settings.seed)
@@ -238,6 +265,11 @@ def _make_predictor(backend: str, settings: BenchmarkSettings, work_dir: Path, c
         model = cache.get("model") or _build_torch_model(settings)
         cache["model"] = model
         return SamPredictor(model.to(settings.device))
+    if backend.startswith("executorch"):
+        from .inference.executorch_predictor import load_executorch_predictor
+
+        encoder = _executorch_pair(backend, settings, work_dir, cache, notes)
+        return load_executorch_predictor(encoder, device=settings.device, threads=settings.threads)
     from .inference.onnx_predictor import load_onnx_predictor
 
     encoder = _export_onnx(settings, work_dir, cache)

@@ -58,7 +58,7 @@ def command(
         "--checkpoint", exists=True, dir_okay=False,
         help="Weights (.pth) or an exported NAME_encoder.onnx; default random weights (fine for latency).")] = None,
     backends: Annotated[str, typer.Option(
-        "--backends", help="Comma-separated: torch, onnx, onnx-fp16, onnx-int8.")] = "torch,onnx",
+        "--backends", help="Comma-separated: torch, onnx, onnx-fp16, onnx-int8, executorch, executorch-int8.")] = "torch,onnx",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads (torch and onnxruntime).")] = 2,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per stage.")] = 10,

@@ -228,7 +228,7 @@ class DemoSession:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, model: str | None = None, device: str = "cpu",
                         **kwargs: Any) -> DemoSession:
-        """Open ``checkpoint`` (``.pth``/``.onnx``/``.tflite``/``.engine``) with ``load_predictor``."""
+        """Open ``checkpoint`` (``.pth``/``.onnx``/``.tflite``/``.engine``/``.pte``) with ``load_predictor``."""
         from edgesam_core.inference.load import load_predictor
 
         predictor = load_predictor(checkpoint, model=model, device=device)

@@ -236,8 +236,11 @@ FOLD_TOLERANCE = 1e-8
 
 
 def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: float,
-                 image: Any | None = None) -> Any:
+                 image: Any | None = None, open_runner: Any = None) -> Any:
     """Run onnxruntime on fixed inputs and judge it against the unmodified model in float64.
+
+    ``open_runner(path)`` opens a graph as an onnxruntime-like runner (default: an ONNX Runtime session);
+    other runtimes (ExecuTorch) pass theirs and take the same feeds.
 
     The noise floor of each output is how far fp32 PyTorch lands from float64 on the same input: the plain
     model, the same with a runtime's few ulps of error injected after every layer (ONNX Runtime's kernels
@@ -253,6 +256,7 @@ def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: 
     from edgesam_core.export import parity as P
     from edgesam_core.inference.onnx_predictor import create_session
 
+    open_graph = open_runner or create_session
     report = P.ParityReport(tolerance)
     image = P.synthetic_image() if image is None else image
     x = prepare_image(model, image)
@@ -277,7 +281,7 @@ def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: 
     emb_np = embedding.numpy()
     interm_np = [t.numpy() for t in interm] if interm else None
     if "encoder" in files:
-        outs = create_session(files["encoder"]).run(None, {"image": x.numpy()})
+        outs = open_graph(files["encoder"]).run(None, {"image": x.numpy()})
         names = ["image_embeddings"] + [f"interm_embeddings_{i}" for i in range(len(interm_np or []))]
         for i, name in enumerate(names):
             report.add("encoder", "synthetic", name, outs[i], ref64[i], fp32=[plain32[i], fused32[i], noisy32[i]])
@@ -294,15 +298,15 @@ def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: 
     noisy_model = P.with_runtime_noise(model)
 
     if "decoder" in files:
-        session = create_session(files["decoder"])
+        session = open_graph(files["decoder"])
         for case_name, case in P.prompt_cases(model.img_size).items():
             decode("decoder", session, case_name, P.decoder_feed(case, emb_np, interm_np), case["coords"],
                    case["labels"], case["box"])
     if "decoder_prompts" in files:
         from edgesam_core.inference.onnx_predictor import pack_prompts
 
-        context = create_session(files["decoder_image"]).run(None, {"image_embeddings": emb_np})
-        stage = create_session(files["decoder_prompts"])
+        context = open_graph(files["decoder_image"]).run(None, {"image_embeddings": emb_np})
+        stage = open_graph(files["decoder_prompts"])
         names = [i.name for i in stage.get_inputs()]
         cases = dict(P.prompt_cases(model.img_size))
         s = float(model.img_size)
@@ -319,7 +323,7 @@ def check_parity(model: Any, files: dict[str, Path], upsample: bool, tolerance: 
             report.add("decoder_prompts", case_name, "scores", scores, ref[0], fp32=[f32[0], noisy[0]])
             report.add("decoder_prompts", case_name, "masks", masks, ref[1], fp32=[f32[1], noisy[1]])
     if "decoder_multibox" in files:
-        session = create_session(files["decoder_multibox"])
+        session = open_graph(files["decoder_multibox"])
         s = float(model.img_size)
         boxes = np.array([[0.1, 0.1, 0.5, 0.6], [0.3, 0.2, 0.9, 0.5], [0.05, 0.4, 0.6, 0.95]], np.float32) * s
         pts = np.array([[[0.35 * s, 0.4 * s]]], np.float32)

@@ -113,8 +113,9 @@ class _DecoderBase(nn.Module):
         self.img_size = int(model.img_size)
 
     def _decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor,
-                interm: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = sparse.shape[0]
+                interm: list[torch.Tensor] | None, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # A known batch is a constant in the graph (Core ML's converter cannot take it from a traced shape).
+        batch = sparse.shape[0] if batch is None else batch
         dense = self.prompts.dense(batch)
         image_pe = self.model.prompt_encoder.get_dense_pe()
         decoder = self.model.mask_decoder
@@ -152,6 +153,24 @@ class DecoderForExport(_DecoderBase):
         # still change the result, and the PyTorch model never sees absent prompts.
         sparse = tokens[:, keep]
         return self._decode(image_embeddings, sparse, list(interm) if self.is_hq else None)
+
+
+#: Inputs of the packed-prompt decoder (SAM's own ONNX prompt layout; HQ adds the three features).
+PACKED_DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels"]
+
+
+class PackedPromptDecoderForExport(_DecoderBase):
+    """One prompt set as SAM's ONNX example packs it: ``point_coords`` [1, N, 2], ``point_labels`` [1, N].
+
+    A box is two corner points labelled 2 and 3; without a box the padding point (label -1) comes last; -2
+    gives an all-zero token. No flags and no token dropping, so graphs with a dynamic N lower to runtimes
+    that cannot run data-dependent shapes (ExecuTorch, Core ML). ``pack_prompts`` builds the inputs.
+    """
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                *interm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self.prompts.points(point_coords, point_labels)
+        return self._decode(image_embeddings, sparse, list(interm) if self.is_hq else None, batch=1)
 
 
 class MultiBoxDecoderForExport(_DecoderBase):

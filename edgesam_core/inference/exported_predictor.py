@@ -54,6 +54,9 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return (rows[..., x0] * (1.0 - fx) + rows[..., x1] * fx).astype(np.float32)
 
 
+#: The upstream decoder contract's inputs, as the predictor fills them (HQ features added per graph).
+CONTRACT_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "boxes", "point_valid", "boxes_valid")
+
 #: File suffixes of the staged decoder's two graphs (after ``X_decoder``).
 STAGES = ("image", "prompts")
 
@@ -115,15 +118,17 @@ class ExportedSamPredictor:
     mask, so ``return_sam_masks`` is rejected too.
     """
 
-    def __init__(self, encoder: Any, decoder: Any, img_size: int, is_hq: bool,
-                 decoder_inputs: set[str] | None = None, staged: tuple[Any, Any] | None = None,
+    def __init__(self, encoder: Any, decoder: Any, img_size: int, is_hq: bool, packs_prompts: bool = False,
+                 staged: tuple[Any, Any] | None = None,
                  paths: tuple[Path | None, Path | None] = (None, None)) -> None:
         self.encoder_path, self.decoder_path = paths
         self.encoder, self.decoder = encoder, decoder
         self.img_size, self.is_hq = int(img_size), bool(is_hq)
-        #: Keys of the decoder feed the runner takes (static-layout runners take more and pack them).
-        self._decoder_inputs = decoder_inputs if decoder_inputs is not None else {
-            t.name for t in decoder.get_inputs()}
+        #: Keys of the decoder feed the runner takes: a runner with its own prompt layout (``packs_prompts``,
+        #: e.g. LiteRT's static or ExecuTorch's packed points) takes the whole contract feed and packs it.
+        self._decoder_inputs = {t.name for t in decoder.get_inputs()}
+        if packs_prompts:
+            self._decoder_inputs |= set(CONTRACT_DECODER_INPUTS)
         #: The staged decoder's runners (per image, per prompt batch), when the runtime has them.
         self.staged = staged
         self.transform = ResizeLongestSide(self.img_size)

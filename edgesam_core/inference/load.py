@@ -26,6 +26,7 @@ SUFFIXES: dict[str, str] = {
     ".onnx": "edgesam_core.inference.onnx_predictor:load_onnx_predictor",
     ".tflite": "edgesam_core.inference.tflite_predictor:load_tflite_predictor",
     ".engine": "edgesam_core.inference.trt_predictor:load_trt_predictor",
+    ".pte": "edgesam_core.inference.executorch_predictor:load_executorch_predictor",
 }
 
 

@@ -185,10 +185,8 @@ class TfliteSamPredictor(ExportedSamPredictor):
             encoder_path, decoder_path = pair_paths(encoder_path)
         encoder, decoder = TfliteRunner(encoder_path, threads), TfliteRunner(decoder_path, threads)
         self.num_points = decoder.num_points
-        # Keys the predictor may build; the runner packs them into the static prompt layout.
-        keys = {"image_embeddings", "point_coords", "point_labels", "boxes", "point_valid", "boxes_valid"}
         super().__init__(encoder, decoder, int(encoder.meta["img_size"]), bool(encoder.meta.get("is_hq", False)),
-                         decoder_inputs=keys | {t.name for t in decoder.get_inputs()},
+                         packs_prompts=True,
                          paths=(Path(encoder_path), Path(decoder_path)))
 
 

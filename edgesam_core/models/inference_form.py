@@ -24,6 +24,8 @@ Training keeps the plain model: load weights first, then call :func:`to_inferenc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,6 +117,28 @@ class ChannelsLastUpscaling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upscaling(x.contiguous(memory_format=torch.channels_last))
+
+
+class TanhGeluFormula(nn.Module):
+    """``GELU(approximate='tanh')`` as its formula, ``x * sigmoid(2 * sqrt(2 / pi) * (x + 0.044715 x^3))``
+    (= ``0.5 x (1 + tanh(...))``), for runtimes whose fused GELU ignores ``approximate``: ExecuTorch's
+    XNNPACK delegate runs the exact erf GELU for it (measured: 4.7e-4 off on N(0, 9) inputs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = (x + 0.044715 * (x * x * x)) * (2.0 * math.sqrt(2.0 / math.pi))
+        return x * torch.sigmoid(inner)
+
+
+def spell_out_tanh_gelu(model: nn.Module) -> int:
+    """Replace every ``GELU(approximate='tanh')`` below ``model`` by :class:`TanhGeluFormula`; returns how many."""
+    count = 0
+    for name, child in model.named_children():
+        if isinstance(child, nn.GELU) and child.approximate == "tanh":
+            setattr(model, name, TanhGeluFormula())
+            count += 1
+        else:
+            count += spell_out_tanh_gelu(child)
+    return count
 
 
 class BatchedMLPs(nn.Module):

@@ -49,7 +49,7 @@ def mask_logits(hyper_in: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
     """
     b, c, h, w = upscaled.shape
     if upscaled.is_contiguous():
-        return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return (hyper_in @ upscaled.flatten(2)).view(b, -1, h, w)
     pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)
     return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 

@@ -31,13 +31,13 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
     def _separate_heads(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.num_heads, -1).transpose(1, 2)  # (no shape arithmetic in traced graphs)
 
     @staticmethod
     def _recombine_heads(x: Tensor) -> Tensor:
-        b, heads, n, c = x.shape
-        return x.transpose(1, 2).reshape(b, n, heads * c)
+        b, _, n, _ = x.shape
+        return x.transpose(1, 2).reshape(b, n, -1)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return self.attend(self.project("q", q), self.project("k", k), self.project("v", v))

@@ -113,6 +113,12 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("tflite-bad-points", ["convert-tflite", "{ws}/tiny.pth", "--num-points", "0"], 2, "--num-points"),
     ("trt-bad-precision", ["build-trt", "{ws}/tiny.pth", "--precision", "int3", "--out", "{out}"], 2, "int3"),
     ("trt-missing-source", ["build-trt", "{ws}/none_decoder.onnx"], 2, "none_decoder.onnx"),
+    # export-executorch / export-coreml (checked before the runtime is imported: no extra needed)
+    ("executorch-int8-without-calib", ["export-executorch", "{ws}/tiny.pth", "--int8", "--out", "{out}"], 2,
+     "--calib"),
+    ("executorch-missing-checkpoint", ["export-executorch", "{ws}/nope.pth"], 2, "nope.pth"),
+    ("coreml-bad-precision", ["export-coreml", "{ws}/tiny.pth", "--precision", "int4", "--out", "{out}"], 2,
+     "int4"),
     # download-data
     ("download-too-many-jobs", ["download-data", "--jobs", "99"], 2, "--jobs"),
     ("download-binary-links", ["download-data", "--links", "{ws}/binary.txt", "--out", "{out}"], 2, "binary.txt"),
