@@ -11,7 +11,8 @@ interleaved, each call is timed where it runs, and only one process computes at 
 int8 fidelity, per runtime: the int8 encoder with the fp32 decoder against fp32 PyTorch on held-out
 photos (mask IoU of point and box prompts, embedding cosine), for ``--model`` and ``--compare`` side by side
 (EdgeSAM-DyT against the LayerNorm EdgeSAM by default). Random weights unless ``--checkpoint`` /
-``--compare-checkpoint`` are given; the report says which. Calibration and held-out images come from
+``--compare-checkpoint`` are given, with the prompt path spread by ``--spread`` so masks are neither empty nor
+full (each fidelity row gives the reference masks' share of the image); the report says which. Calibration and held-out images come from
 ``--calib`` (sorted; the last ``--held-out`` are held out) or, without it, crops of the photos matplotlib ships.
 
     python benchmarks/bench_runtimes.py --out benchmarks/results/bench_runtimes_2threads.json
@@ -164,6 +165,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-litert", action="store_true")
+    parser.add_argument("--spread", type=float, default=0.1,
+                        help="random weights: N(0, spread) added to the prompt path, so masks are neither empty nor "
+                             "full (0.05 leaves EdgeSAM-DyT's masks empty)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -185,7 +189,7 @@ def main() -> None:
     n_calib = len(photos) - args.held_out
 
     models = {args.model: args.checkpoint, args.compare: args.compare_checkpoint}
-    built = {v: build_model(v, c, spread=0.0 if c else 0.05) for v, c in models.items()}
+    built = {v: build_model(v, c, spread=0.0 if c else args.spread) for v, c in models.items()}
     worker = None
     if litert:  # started first: it converts while this process exports
         jobs = []
@@ -204,7 +208,7 @@ def main() -> None:
     for index, (variant, model) in enumerate(built.items()):
         files = _artifacts(model, variant, calib_dir, n_calib, work / variant)
         reference = SamPredictor(copy.deepcopy(model))
-        fidelity[variant] = {"weights": models[variant] or "random (seed 0, prompt path spread 0.05)"}
+        fidelity[variant] = {"weights": models[variant] or f"random (seed 0, prompt path spread {args.spread})"}
         for runtime, paths in files.items():
             candidate = _predictor(runtime, paths["int8"], paths["decoder"], args.threads)
             fidelity[variant][runtime] = int8_fidelity(reference, candidate, held, args.prompts)
@@ -250,7 +254,8 @@ def main() -> None:
         for runtime, f in rows.items():
             if isinstance(f, dict) and "mask_iou" in f:
                 print(f"{variant:14s} {runtime:11s} IoU point {f['mask_iou']['point']['mean']:.3f} box "
-                      f"{f['mask_iou']['box']['mean']:.3f} cosine {f['embedding_cosine']['mean']:.4f}")
+                      f"{f['mask_iou']['box']['mean']:.3f} cosine {f['embedding_cosine']['mean']} "
+                      f"(non-finite embeddings: {f['embedding_cosine'].get('non_finite', 0)})")
     emit_json(result, args.out)
 
 

@@ -64,6 +64,7 @@ def test_int8_encoder_masks_close_to_fp32_pytorch(exported):
     assert fidelity["mask_iou"]["point"]["mean"] >= 0.95
     assert fidelity["mask_iou"]["box"]["mean"] >= 0.95
     assert 0.99 <= fidelity["embedding_cosine"]["min"] < 1.0  # int8 does change the embedding
+    assert 0.02 < fidelity["reference_mask_fraction"]["mean"] < 0.98  # the IoU compares real masks
 
 
 def test_files_sidecars_and_pairing(exported):
@@ -163,6 +164,7 @@ def test_full_size_fp32_and_int8(tmp_path):
                              model=model)
     # Random weights (no trained checkpoint here): the bound is what int8 keeps of these masks.
     assert int8.int8["mask_iou"]["point"]["mean"] >= 0.8 and int8.int8["mask_iou"]["box"]["mean"] >= 0.8
+    assert 0.02 < int8.int8["reference_mask_fraction"]["mean"] < 0.98
     assert (tmp_path / "full_encoder_int8.pte").stat().st_size < 0.4 * (tmp_path / "full_encoder.pte").stat().st_size
 
 
