@@ -309,7 +309,8 @@ def export_executorch(checkpoint: str | Path | None, model_type: str | None, opt
             points = Dim("num_points", min=1, max=opts.max_points)
             example = _decoder_example(model)
             interm = tuple(features[1]) if model.is_hq else ()
-            shapes = ({}, {1: points}, {1: points}) + tuple({} for _ in interm)
+            # (torch.export sees the HQ features, forward's *interm, as one tuple input.)
+            shapes = ({}, {1: points}, {1: points}) + ((tuple({} for _ in interm),) if interm else ())
             staged["decoder"].write_bytes(lower_to_xnnpack(PackedPromptDecoderForExport(form, False).eval(),
                                                            (*example, *interm), shapes))
             progress.advance(task)

@@ -79,3 +79,18 @@ def test_numbers_on_macos(converted):  # pragma: no cover - macOS only
     report = check_parity(converted["model"], converted["result"].files, False, 1e-2, open_runner=CoremlRunner)
     assert report.passed, report.describe(report.worst)
     assert np.isfinite([e.max_abs for e in report.entries]).all()
+
+
+def test_hq_packages_carry_the_three_features(tmp_path):
+    pytest.importorskip("coremltools")
+    from edgesam_core.export.coreml_export import CoremlOptions, export_coreml
+
+    result = export_coreml(None, None, CoremlOptions(out_dir=tmp_path, name="hq"),
+                           model=make_model("edge_sam_dyt_hq_debug"))
+    features = [f"interm_embeddings_{i}" for i in range(3)]
+    encoder = json.loads(result.sidecars["encoder"].read_text())["io"]
+    decoder = json.loads(result.sidecars["decoder"].read_text())["io"]
+    assert [t["name"] for t in encoder["outputs"]] == ["image_embeddings", *features]
+    assert [t["name"] for t in decoder["inputs"]] == ["image_embeddings", "point_coords", "point_labels", *features]
+    assert [t["shape"] for t in decoder["inputs"][3:]] == [t["shape"] for t in encoder["outputs"][1:]]
+    assert decoder["outputs"][1]["shape"] == [1, 1, 32, 32]  # the HQ mask only

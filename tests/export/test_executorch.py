@@ -179,3 +179,24 @@ def test_benchmark_measures_the_executorch_backends(exported):
     # An int8 encoder is exported from weights, not from an already exported program: skipped, with why.
     assert report["backends"]["executorch-int8"]["status"] == "skipped"
     assert ".pte program" in report["backends"]["executorch-int8"]["reason"]
+
+
+def test_hq_pair_passes_the_rule_and_matches_pytorch(tmp_path):
+    """HQ: the encoder also returns the three RepViT features, which the decoder program takes after the prompt."""
+    from edgesam_core.export.executorch_export import ExecutorchOptions, export_executorch
+    from edgesam_core.export.parity import synthetic_image
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.inference.load import load_predictor
+
+    model = make_model("edge_sam_dyt_hq_debug")
+    result = export_executorch(None, None, ExecutorchOptions(out_dir=tmp_path, name="hq"), model=model)
+    assert result.parity.passed, result.parity.describe(result.parity.worst)
+    meta = json.loads(result.sidecars["decoder"].read_text())
+    assert [t["name"] for t in meta["io"]["inputs"]][3:] == [f"interm_embeddings_{i}" for i in range(3)]
+    ours, reference = load_predictor(result.files["encoder"]), SamPredictor(model)
+    image = synthetic_image()
+    ours.set_image(image)
+    reference.set_image(image)
+    a = ours.predict(point_coords=np.array([[300, 200]]), point_labels=np.array([1]), return_logits=True)
+    b = reference.predict(point_coords=np.array([[300, 200]]), point_labels=np.array([1]), return_logits=True)
+    np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-4)
