@@ -98,7 +98,7 @@ def _litert_worker(conn: Any, jobs: list[dict[str, Any]], held: list[str], promp
 
     torch.set_num_threads(threads)
     from edgesam_core.errors import EdgeSamError
-    from edgesam_core.export.executorch_export import int8_fidelity
+    from edgesam_core.export.quantize import int8_fidelity
     from edgesam_core.inference import SamPredictor
     from edgesam_core.inference.exported_predictor import preprocess
     from edgesam_core.inference.image_io import load_image
@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from edgesam_core.export.executorch_export import int8_fidelity
+    from edgesam_core.export.quantize import int8_fidelity
     from edgesam_core.inference import SamPredictor
     from edgesam_core.inference.exported_predictor import preprocess
     from edgesam_core.inference.image_io import list_images, load_image

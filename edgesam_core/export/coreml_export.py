@@ -214,15 +214,10 @@ class CoremlRunner:
         self.io = spec_io(self.model)
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from edgesam_core.inference.exported_predictor import pack_prompts
+        from edgesam_core.inference.exported_predictor import pack_contract_feed
 
         if "point_valid" in feed:
-            has_points = bool(np.asarray(feed["point_valid"]).reshape(-1)[0])
-            has_box = bool(np.asarray(feed["boxes_valid"]).reshape(-1)[0])
-            coords, labels = pack_prompts(feed["point_coords"] if has_points else None,
-                                          feed["point_labels"] if has_points else None,
-                                          np.asarray(feed["boxes"]).reshape(1, 4) if has_box else None)
-            feed = {**feed, "point_coords": coords, "point_labels": labels}
+            feed = pack_contract_feed(feed, graph=self.path.name)
         names = [t["name"] for t in self.io["inputs"]]
         outputs = self.model.predict({n: np.asarray(feed[n], np.float32) for n in names})
         return [np.asarray(outputs[n]) for n in (output_names or [t["name"] for t in self.io["outputs"]])]

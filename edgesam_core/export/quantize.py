@@ -249,6 +249,50 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(a @ b / denom)
 
 
+def int8_fidelity(reference: Any, candidate: Any, images: list[np.ndarray], prompts_per_image: int,
+                  seed: int = 0) -> dict[str, Any]:
+    """How far ``candidate``'s masks are from ``reference``'s (any two predictors) on ``images``.
+
+    Per image: the embeddings' cosine similarity, and ``prompts_per_image`` random one-click and box prompts
+    (single-mask output); returns mean/min cosine, mask IoU per prompt kind, and the share of the image the
+    reference masks cover (all-empty masks would make every IoU a vacuous 1).
+    """
+    rng = np.random.default_rng(seed)
+    cosines: list[float] = []
+    ious: dict[str, list[float]] = {"point": [], "box": []}
+    areas: list[float] = []  # the reference masks' share of the image: an IoU of empty masks means nothing
+    for image in images:
+        reference.set_image(image)
+        candidate.set_image(image)
+        cosines.append(_cosine(np.asarray(reference.get_image_embedding()),
+                               np.asarray(candidate.get_image_embedding())))
+        h, w = image.shape[:2]
+        for _ in range(prompts_per_image):
+            x0, x1 = sorted(rng.uniform(0, w, 2))
+            y0, y1 = sorted(rng.uniform(0, h, 2))
+            prompts = {"point": {"point_coords": np.array([[rng.uniform(0, w), rng.uniform(0, h)]]),
+                                 "point_labels": np.array([1])},
+                       "box": {"box": np.array([x0, y0, x1 + 1, y1 + 1])}}
+            for kind, args in prompts.items():
+                expected = reference.predict(**args, num_multimask_outputs=1).masks
+                areas.append(float(np.mean(expected)))
+                ious[kind].append(_iou(expected, candidate.predict(**args, num_multimask_outputs=1).masks))
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        # A non-finite embedding (an int8 LayerNorm can overflow) gives a NaN cosine: counted, not averaged.
+        finite = [v for v in values if np.isfinite(v)]
+        out: dict[str, Any] = {"mean": float(np.mean(finite)) if finite else None,
+                               "min": float(np.min(finite)) if finite else None}
+        if len(finite) < len(values):
+            out["non_finite"] = len(values) - len(finite)
+        return out
+
+    return {"images": len(images), "prompts_per_image": prompts_per_image, "embedding_cosine": stats(cosines),
+            "mask_iou": {kind: stats(v) for kind, v in ious.items()},
+            "reference_mask_fraction": {"mean": float(np.mean(areas)), "min": float(np.min(areas)),
+                                        "max": float(np.max(areas))}}
+
+
 def _load_images(paths: Iterable[Path]) -> list[np.ndarray]:
     from edgesam_core.inference.image_io import load_image
 

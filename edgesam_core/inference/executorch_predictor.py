@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgesam_core.errors import InputError
-from edgesam_core.inference.exported_predictor import ExportedSamPredictor, pack_prompts
+from edgesam_core.inference.exported_predictor import ExportedSamPredictor, pack_contract_feed
 
 SIDECAR_FORMAT = "edgesam-executorch-sidecar/1"
 
@@ -108,21 +108,7 @@ class ExecutorchRunner:
         """An upstream-contract decoder feed (flags, box) -> the packed ``point_coords`` / ``point_labels``."""
         if self.max_points is None or "point_valid" not in feed:
             return dict(feed)
-        has_points = bool(np.asarray(feed["point_valid"]).reshape(-1)[0])
-        has_box = bool(np.asarray(feed.get("boxes_valid", False)).reshape(-1)[0])
-        if not (has_points or has_box):
-            raise InputError("the ExecuTorch decoder needs a point or a box")
-        coords, labels = pack_prompts(
-            np.asarray(feed["point_coords"], np.float32).reshape(1, -1, 2) if has_points else None,
-            np.asarray(feed["point_labels"], np.float32).reshape(1, -1) if has_points else None,
-            np.asarray(feed["boxes"], np.float32).reshape(1, 4) if has_box else None)
-        if coords.shape[1] > self.max_points:
-            raise InputError(f"this prompt needs {coords.shape[1]} points (a box counts as 2, no box adds a "
-                             f"padding point) but {self.path.name} takes at most {self.max_points}; export "
-                             f"again with --max-points {coords.shape[1]} or more")
-        packed = {k: v for k, v in feed.items() if k not in ("boxes", "point_valid", "boxes_valid")}
-        packed.update(point_coords=coords, point_labels=labels)
-        return packed
+        return pack_contract_feed(dict(feed), self.max_points, self.path.name)
 
     def run(self, output_names: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the program; a decoder ``feed`` may use the upstream contract (packed first)."""

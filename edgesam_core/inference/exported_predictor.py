@@ -84,6 +84,31 @@ def pack_prompts(coords: np.ndarray | None, labels: np.ndarray | None,
     return np.ascontiguousarray(np.concatenate(parts_c, 1)), np.ascontiguousarray(np.concatenate(parts_l, 1))
 
 
+def pack_contract_feed(feed: dict[str, np.ndarray], max_points: int | None = None,
+                       graph: str = "the decoder") -> dict[str, np.ndarray]:
+    """An upstream-contract decoder feed (flags, box) -> packed ``point_coords`` / ``point_labels`` (see
+    :func:`pack_prompts`), for graphs with SAM's packed prompt and a dynamic point count (ExecuTorch, Core ML).
+
+    Raises:
+        InputError: neither a point nor a box, or more than ``max_points`` packed points.
+    """
+    has_points = bool(np.asarray(feed["point_valid"]).reshape(-1)[0])
+    has_box = bool(np.asarray(feed.get("boxes_valid", False)).reshape(-1)[0])
+    if not (has_points or has_box):
+        raise InputError(f"{graph} needs a point or a box")
+    coords, labels = pack_prompts(
+        np.asarray(feed["point_coords"], np.float32).reshape(1, -1, 2) if has_points else None,
+        np.asarray(feed["point_labels"], np.float32).reshape(1, -1) if has_points else None,
+        np.asarray(feed["boxes"], np.float32).reshape(1, 4) if has_box else None)
+    if max_points is not None and coords.shape[1] > max_points:
+        raise InputError(f"this prompt needs {coords.shape[1]} points (a box counts as 2, no box adds a padding "
+                         f"point) but {graph} takes at most {max_points}; export again with --max-points "
+                         f"{coords.shape[1]} or more")
+    packed = {k: v for k, v in feed.items() if k not in ("boxes", "point_valid", "boxes_valid")}
+    packed.update(point_coords=coords, point_labels=labels)
+    return packed
+
+
 def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
                       original_size: tuple[int, int]) -> np.ndarray:
     """Logits ``Cxhxw`` -> ``CxHxW`` in the original frame (as ``Sam.postprocess_masks``).
