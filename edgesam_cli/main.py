@@ -37,6 +37,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("build-trt", "build_trt", DEPLOY_PANEL),
     ("export-executorch", "export_executorch", DEPLOY_PANEL),
     ("export-coreml", "export_coreml", DEPLOY_PANEL),
+    ("export-web", "export_web", DEPLOY_PANEL),
     ("download-data", "download_data", DATA_PANEL),
     ("distill", "distill", DATA_PANEL),
     ("segment", "segment", INFER_PANEL),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +18,9 @@ EXAMPLES = """
 
   [dim]# an exported ONNX pair (the decoder is found next to the encoder)[/dim]
   edgesam demo --checkpoint export/edge_sam_dyt_encoder.onnx
+
+  [dim]# the model in the browser: serve a site built by 'edgesam export-web' (WASM threads enabled)[/dim]
+  edgesam demo --client-side site
 
 """ + (
     "Upload an image (encoded once), then left-click for a foreground point, right-click or Shift+click for "
@@ -49,11 +52,13 @@ def command(
     open_browser: Annotated[bool, typer.Option(
         "--open/--no-open", help="Open the page in the default web browser.")] = False,
     log_requests: Annotated[bool, typer.Option("--log-requests", help="Print one line per HTTP request.")] = False,
+    client_side: Annotated[Path | None, typer.Option(
+        "--client-side", exists=True, file_okay=False,
+        help="Serve a site built by 'edgesam export-web': the model runs in the browser (encoder and decoder), "
+             "this only sends files, with the headers that enable WASM threads.")] = None,
 ) -> None:
     """Serve a local web page to segment images interactively (points, boxes, everything)."""
-    import webbrowser
-
-    from edgesam_cli.console import RichProgress, err_console, out_console
+    from edgesam_cli.console import RichProgress, err_console
     from edgesam_core.demo.launch import check_port, open_session, plan_demo
     from edgesam_core.demo.server import is_loopback, serve
     from edgesam_core.demo.session import DemoLimits
@@ -69,6 +74,16 @@ def command(
         err_console.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can "
                           "use the demo (no authentication). Use --host 127.0.0.1 to keep it local.",
                           highlight=False)
+    log = (lambda line: err_console.print(line, highlight=False, markup=False)) if log_requests else None
+    if client_side is not None:
+        from edgesam_core.demo.site_server import serve_site
+
+        if checkpoint is not None or model is not None or hq:
+            raise ConfigError("--client-side serves a built site, whose model is fixed: drop --checkpoint/--model/"
+                              "--hq (build another site with 'edgesam export-web' to change the model)")
+        _run(serve_site(client_side, host=host, port=port, log=log), open_browser,
+             f"EdgeSAM in the browser ({client_side})")
+        return
     plan = plan_demo(checkpoint, model=model, hq=hq, device=device)
     limits = DemoLimits(max_upload_bytes=int(max_upload_mb * 1_000_000), max_pixels=int(max_megapixels * 1_000_000))
     if plan.checkpoint is None:
@@ -76,11 +91,17 @@ def command(
             session = open_session(plan, limits, download)
     else:
         session = open_session(plan, limits)
-    log = (lambda line: err_console.print(line, highlight=False, markup=False)) if log_requests else None
-    server = serve(session, host=host, port=port, log=log)
+    _run(serve(session, host=host, port=port, log=log), open_browser, f"EdgeSAM demo ({session.model_name})")
+
+
+def _run(server: Any, open_browser: bool, title: str) -> None:
+    """Print where the page is, open it if asked and serve until Ctrl+C."""
+    import webbrowser
+
+    from edgesam_cli.console import err_console, out_console
+
     try:
-        out_console.print(f"EdgeSAM demo ({session.model_name}) on {server.url}  (Ctrl+C to stop)", highlight=False,
-                          soft_wrap=True)
+        out_console.print(f"{title} on {server.url}  (Ctrl+C to stop)", highlight=False, soft_wrap=True)
         if open_browser:
             webbrowser.open(server.url)
         server.wait()

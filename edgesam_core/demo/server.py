@@ -319,10 +319,19 @@ def create_server(session: DemoSession, host: str = DEFAULT_HOST, port: int = DE
     Raises:
         InputError: the port is out of range, in use or not allowed, or the host is unknown.
     """
+    return DemoServer(bind_server(host, port, lambda address: _Server(address, _Handler, session, load_static(), log)))
+
+
+def bind_server(host: str, port: int, make: Callable[[tuple[str, int]], Any]) -> Any:
+    """``make((host, port))`` -> a bound server, with one-line errors for the usual ways binding fails.
+
+    Raises:
+        InputError: the port is out of range, in use or not allowed, or the host is unknown.
+    """
     if not 0 <= int(port) <= 65535:
         raise InputError(f"Port {port} is out of range: use 1-65535, or 0 for any free port")
     try:
-        httpd = _Server((host, int(port)), _Handler, session, load_static(), log)
+        return make((host, int(port)))
     except socket.gaierror as exc:
         raise InputError(f"Unknown host {host!r}: use an address of this machine such as 127.0.0.1") from exc
     except OSError as exc:
@@ -334,7 +343,6 @@ def create_server(session: DemoSession, host: str = DEFAULT_HOST, port: int = DE
         if exc.errno == errno.EADDRNOTAVAIL:
             raise InputError(f"{host} is not an address of this machine: use 127.0.0.1 or 0.0.0.0") from exc
         raise
-    return DemoServer(httpd)
 
 
 def serve(session: DemoSession, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,

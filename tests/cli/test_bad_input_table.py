@@ -119,6 +119,12 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("executorch-missing-checkpoint", ["export-executorch", "{ws}/nope.pth"], 2, "nope.pth"),
     ("coreml-bad-precision", ["export-coreml", "{ws}/tiny.pth", "--precision", "int4", "--out", "{out}"], 2,
      "int4"),
+    # export-web (checked before anything is exported or fetched)
+    ("web-out-not-empty", ["export-web", "{ws}/tiny.pth", "--model", "edge_sam_dyt_debug", "--out", "{ws}/photos"],
+     2, "not empty"),
+    ("web-int8-without-calib", ["export-web", "{ws}/tiny.pth", "--int8", "--out", "{out}"], 2, "--calib"),
+    ("web-ort-not-the-package", ["export-web", "{ws}/tiny.pth", "--model", "edge_sam_dyt_debug", "--ort-web",
+                                 "{ws}/binary.txt", "--out", "{out}"], 2, "npm registry"),
     # download-data
     ("download-too-many-jobs", ["download-data", "--jobs", "99"], 2, "--jobs"),
     ("download-binary-links", ["download-data", "--links", "{ws}/binary.txt", "--out", "{out}"], 2, "binary.txt"),
@@ -161,6 +167,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "--max-megapixels"),
     ("demo-bad-port", ["demo", "--port", "70000"], 2, "--port"),
     ("demo-corrupt-onnx", ["demo", "--checkpoint", "{ws}/corrupt/m_encoder.onnx", "--port", "0"], 2, "ONNX"),
+    ("demo-client-side-not-a-site", ["demo", "--client-side", "{ws}/photos", "--port", "0"], 2, "export-web"),
+    ("demo-client-side-and-checkpoint", ["demo", "--client-side", "{ws}/photos", "--checkpoint", "{ws}/tiny.pth"],
+     2, "--client-side"),
     ("demo-negative-upload", ["demo", "--checkpoint", "{ws}/tiny.pth", "--max-upload-mb", "-5"], 2,
      "--max-upload-mb"),
 ]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,37 +20,17 @@ import pytest
 from PIL import Image
 
 from tests.demo.conftest import CLICK, png_of, scene
+from tests.helpers.browser import chromium, require_browser, wait_body
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = 2.5  # the browser image is 2.5x the conftest scene so clicks land on exact-enough pixels
 
 pytestmark = pytest.mark.browser
+require_browser()
 
-_missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-try:
-    import selenium  # noqa: F401
-except ImportError:
-    _missing.append("the selenium package (pip install selenium)")
-if _missing:
-    # .ci/run installs the browser and sets EDGESAM_REQUIRE_BROWSER=1: there a missing piece is a failure.
-    if os.environ.get("EDGESAM_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"EDGESAM_REQUIRE_BROWSER=1 but the browser test lacks {', '.join(_missing)}; "
-                    "apt-get install chromium chromium-driver", pytrace=False)
-    pytest.skip(f"browser test needs {', '.join(_missing)}", allow_module_level=True)
-
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
-
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1000,900",
-)
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 def artifacts_dir() -> Path:
@@ -65,19 +43,8 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """Headless Chromium driven through the system chromedriver (explicit path: no Selenium Manager)."""
-    profile = tempfile.mkdtemp(prefix="edgesam-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    browser.set_page_load_timeout(30)
-    try:
+    with chromium() as browser:
         yield browser
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture()
@@ -90,14 +57,6 @@ def small_limit_server(checkpoints):
                                           limits=DemoLimits(max_upload_bytes=1_000_000))
     with serve(session, port=0) as running:
         yield running
-
-
-def _wait_body(browser: Any, attribute: str, predicate: Any, timeout: float = 20.0) -> str:
-    def check(d: Any) -> str | bool:
-        value = d.find_element(By.TAG_NAME, "body").get_attribute(attribute) or ""
-        return value if predicate(value) else False
-
-    return WebDriverWait(browser, timeout).until(check)
 
 
 def _library_mask(checkpoint: Path, image: np.ndarray, point: list[float]) -> np.ndarray:
@@ -129,9 +88,9 @@ def test_click_draws_the_library_mask(driver, small_limit_server, checkpoints, t
     path.write_bytes(png_of(image))
 
     driver.get(small_limit_server.url)
-    _wait_body(driver, "data-status", lambda v: v == "idle")
+    wait_body(driver, "data-status", lambda v: v == "idle")
     driver.find_element(By.ID, "file-input").send_keys(str(path))
-    _wait_body(driver, "data-status", lambda v: v == "ready")
+    wait_body(driver, "data-status", lambda v: v == "ready")
     assert small_limit_server.session.encode_count == 1
 
     canvas = driver.find_element(By.ID, "prompt-canvas")
@@ -140,8 +99,8 @@ def test_click_draws_the_library_mask(driver, small_limit_server, checkpoints, t
     dx = round(target[0] * rect["width"] / image.shape[1] - rect["width"] / 2)
     dy = round(target[1] * rect["height"] / image.shape[0] - rect["height"] / 2)
     ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).click().perform()
-    _wait_body(driver, "data-mask-count", lambda v: v not in ("", "0"))
-    _wait_body(driver, "data-status", lambda v: v == "ready")
+    wait_body(driver, "data-mask-count", lambda v: v not in ("", "0"))
+    wait_body(driver, "data-status", lambda v: v == "ready")
 
     result = driver.execute_script("return window.edgesamDemo.state.result;")
     index = driver.execute_script("return window.edgesamDemo.state.index;")
@@ -171,20 +130,20 @@ def test_click_draws_the_library_mask(driver, small_limit_server, checkpoints, t
 
     # Right click = background point, drag = box, multimask = 3 candidates to cycle through.
     ActionChains(driver).move_to_element_with_offset(canvas, dx + 40, dy + 30).context_click().perform()
-    _wait_body(driver, "data-status", lambda v: v == "ready")
+    wait_body(driver, "data-status", lambda v: v == "ready")
     WebDriverWait(driver, 20).until(lambda d: small_limit_server.session.decode_count == 2)
     ActionChains(driver).move_to_element_with_offset(canvas, -rect["width"] / 3, -rect["height"] / 3) \
         .click_and_hold().move_by_offset(rect["width"] / 2, rect["height"] / 2).release().perform()
     WebDriverWait(driver, 20).until(
         lambda d: d.execute_script("const r = window.edgesamDemo.state.result; return r && r.prompts.box;"))
-    _wait_body(driver, "data-status", lambda v: v == "ready")
+    wait_body(driver, "data-status", lambda v: v == "ready")
     prompts = driver.execute_script("return window.edgesamDemo.state.result.prompts;")
     assert prompts["labels"] == [1, 0] and prompts["box"][0] < prompts["box"][2]
     driver.find_element(By.ID, "multimask").click()
-    _wait_body(driver, "data-mask-count", lambda v: v == "3")
+    wait_body(driver, "data-mask-count", lambda v: v == "3")
     before = driver.find_element(By.TAG_NAME, "body").get_attribute("data-mask-index")
     driver.find_element(By.ID, "next-mask").click()
-    _wait_body(driver, "data-mask-index", lambda v: v == str((int(before) + 1) % 3))
+    wait_body(driver, "data-mask-index", lambda v: v == str((int(before) + 1) % 3))
     assert small_limit_server.session.encode_count == 1
 
     shot = artifacts_dir() / "demo_browser.png"
@@ -196,22 +155,22 @@ def test_click_draws_the_library_mask(driver, small_limit_server, checkpoints, t
 
 def test_bad_uploads_show_a_message(driver, small_limit_server, tmp_path):
     driver.get(small_limit_server.url)
-    _wait_body(driver, "data-status", lambda v: v == "idle")
+    wait_body(driver, "data-status", lambda v: v == "idle")
     message = driver.find_element(By.ID, "message")
 
     text_file = tmp_path / "notes.txt"
     text_file.write_text("this is not an image\n")
     driver.find_element(By.ID, "file-input").send_keys(str(text_file))
-    _wait_body(driver, "data-status", lambda v: v == "error")
+    wait_body(driver, "data-status", lambda v: v == "error")
     assert "Not an image" in message.text
     assert message.get_attribute("data-kind") == "error"
 
     big = tmp_path / "huge.png"
     big.write_bytes(png_of(scene(8, 8)) + bytes(1_200_000))
     driver.get(small_limit_server.url)
-    _wait_body(driver, "data-status", lambda v: v == "idle")
+    wait_body(driver, "data-status", lambda v: v == "idle")
     driver.find_element(By.ID, "file-input").send_keys(str(big))
-    _wait_body(driver, "data-status", lambda v: v == "error")
+    wait_body(driver, "data-status", lambda v: v == "error")
     message = driver.find_element(By.ID, "message")
     assert "limit is 1.0 MB" in message.text
     assert small_limit_server.session.encode_count == 0

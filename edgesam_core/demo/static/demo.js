@@ -6,7 +6,6 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const MASK_RGBA = [30, 144, 255, 150];
-  const DRAG_PX = 5;
 
   const state = {
     info: null, imageId: null, imageName: "image", width: 0, height: 0,
@@ -55,16 +54,7 @@
     });
   }
 
-  function stem(name) { return (name || "image").replace(/\.[^.]+$/, "") || "image"; }
-
-  function download(url, filename) {
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = filename;
-    document.body.appendChild(link);
-    link.click();
-    link.remove();
-  }
+  const { stem, download } = window.EdgeSamPromptUI;
 
   // -- info and upload ----------------------------------------------------------------------------------
 
@@ -132,50 +122,6 @@
   function resetPrompts() {
     Object.assign(state, { points: [], labels: [], box: null, result: null, index: 0, everything: null });
     render();
-  }
-
-  function imagePoint(event) {
-    const canvas = $("prompt-canvas");
-    const rect = canvas.getBoundingClientRect();
-    const x = (event.clientX - rect.left) * canvas.width / rect.width;
-    const y = (event.clientY - rect.top) * canvas.height / rect.height;
-    return [Math.min(Math.max(x, 0), state.width), Math.min(Math.max(y, 0), state.height), rect];
-  }
-
-  function onMouseDown(event) {
-    if (!state.imageId || (event.button !== 0 && event.button !== 2)) return;
-    event.preventDefault();
-    const [x, y] = imagePoint(event);
-    state.drag = { x, y, clientX: event.clientX, clientY: event.clientY, moved: false,
-                   negative: event.button === 2 || event.shiftKey };
-  }
-
-  function onMouseMove(event) {
-    const drag = state.drag;
-    if (!drag) return;
-    if (Math.hypot(event.clientX - drag.clientX, event.clientY - drag.clientY) > DRAG_PX) drag.moved = true;
-    if (drag.moved) {
-      const [x, y] = imagePoint(event);
-      drag.current = [x, y];
-      drawPrompts();
-    }
-  }
-
-  function onMouseUp(event) {
-    const drag = state.drag;
-    if (!drag) return;
-    state.drag = null;
-    const [x, y] = imagePoint(event);
-    if (drag.moved) {
-      const box = [Math.min(drag.x, x), Math.min(drag.y, y), Math.max(drag.x, x), Math.max(drag.y, y)];
-      if (box[2] - box[0] < 1 || box[3] - box[1] < 1) { drawPrompts(); return; }
-      state.box = box.map((v) => Math.round(v * 10) / 10);
-    } else {
-      state.points.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
-      state.labels.push(drag.negative ? 0 : 1);
-    }
-    state.everything = null;
-    segment();
   }
 
   // Runs one server call with the busy flag and status set; errors go to the message line.
@@ -271,30 +217,7 @@
     document.body.dataset.maskIndex = String(state.index);
   }
 
-  function drawPrompts() {
-    const canvas = $("prompt-canvas");
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    const unit = Math.max(2, Math.max(canvas.width, canvas.height) / 300);
-    const box = state.drag && state.drag.moved && state.drag.current
-      ? [state.drag.x, state.drag.y, state.drag.current[0], state.drag.current[1]] : state.box;
-    if (box) {
-      ctx.lineWidth = unit;
-      ctx.setLineDash([4 * unit, 2 * unit]);
-      ctx.strokeStyle = "#facc15";
-      ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
-      ctx.setLineDash([]);
-    }
-    state.points.forEach(([x, y], i) => {
-      ctx.beginPath();
-      ctx.arc(x, y, 2.5 * unit, 0, 2 * Math.PI);
-      ctx.fillStyle = state.labels[i] === 1 ? "#22c55e" : "#ef4444";
-      ctx.fill();
-      ctx.lineWidth = unit / 2;
-      ctx.strokeStyle = "#fff";
-      ctx.stroke();
-    });
-  }
+  function drawPrompts() { window.EdgeSamPromptUI.drawPrompts(state); }
 
   // -- downloads ------------------------------------------------------------------------------------------
 
@@ -316,51 +239,20 @@
     } else {
       return;
     }
-    const url = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2)], { type: "application/json" }));
-    download(url, stem(state.imageName) + "_mask.json");
-    setTimeout(() => URL.revokeObjectURL(url), 1000);
+    window.EdgeSamPromptUI.saveJson(record, state.imageName);
   }
 
   // -- wiring ---------------------------------------------------------------------------------------------
 
-  function cycle(step) {
-    if (!state.result || state.result.masks.length < 2) return;
-    const n = state.result.masks.length;
-    state.index = (state.index + step + n) % n;
-    render();
-  }
-
   function init() {
-    $("file-input").addEventListener("change", (e) => {
-      const file = e.target.files[0];
-      e.target.value = "";  // choosing the same file again must upload it again
-      upload(file);
-    });
-    const prompts = $("prompt-canvas");
-    prompts.addEventListener("mousedown", onMouseDown);
-    window.addEventListener("mousemove", onMouseMove);
-    window.addEventListener("mouseup", onMouseUp);
-    prompts.addEventListener("contextmenu", (e) => e.preventDefault());
+    window.EdgeSamPromptUI.attachControls(state, upload, segment, render);
+    window.EdgeSamPromptUI.attach(state, () => !!state.imageId, () => { state.everything = null; segment(); });
     $("multimask").addEventListener("change", segment);
     $("hq").addEventListener("change", segment);
-    $("prev-mask").addEventListener("click", () => cycle(-1));
-    $("next-mask").addEventListener("click", () => cycle(1));
-    $("undo").addEventListener("click", () => {
-      if (state.points.length) { state.points.pop(); state.labels.pop(); } else { state.box = null; }
-      segment();
-    });
     $("clear").addEventListener("click", resetPrompts);
     $("everything").addEventListener("click", everything);
     $("download-png").addEventListener("click", downloadPng);
     $("download-json").addEventListener("click", downloadJson);
-    const stage = document.body;
-    stage.addEventListener("dragover", (e) => { e.preventDefault(); $("stage").classList.add("dragging"); });
-    stage.addEventListener("dragleave", () => $("stage").classList.remove("dragging"));
-    stage.addEventListener("drop", (e) => {
-      e.preventDefault();
-      $("stage").classList.remove("dragging");
-      if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
-    });
     loadInfo();
   }
 
