@@ -183,3 +183,29 @@ def test_site_server_refuses_a_folder_that_is_not_a_site(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": 99}')
     with pytest.raises(InputError, match="format 99"):
         serve_site(tmp_path, port=0)
+
+
+def test_int8_site_ships_the_int8_encoder_with_the_fp32_decoder(built, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from edgesam_core.export.npm_package import integrity_of as sri
+
+    root, _ = built
+    monkeypatch.setenv("EDGESAM_HOME", str(root / "home"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (60 + 7 * i, 80, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    tgz = root / "ort.tgz"
+    opts = WebExportOptions(model_type="edge_sam_dyt_debug", int8=True, calib_dir=photos, min_iou=0.0,
+                            ort_source=tgz, package=NpmPackage("onnxruntime-web", "0.0.0-test", sri(tgz)))
+    result = export_web(root / "tiny.pth", tmp_path / "site", opts)
+    manifest = result.manifest
+    assert manifest["int8_encoder"] and manifest["graphs"]["encoder"].endswith("_int8_encoder.onnx")
+    assert manifest["graphs"]["decoder_prompts"] == "model/tiny_decoder_prompts.onnx"  # fp32 decoder
+    assert not list((tmp_path / "site" / "model").glob("*_int8_decoder*"))
+    assert manifest["int8"]["embedding_cosine_mean"] > 0.99  # int8 embeddings close to fp32 on held-out photos
+    assert manifest["int8"]["calib_images"] == 3
+    encoder = tmp_path / "site" / manifest["graphs"]["encoder"]
+    assert encoder.stat().st_size < (tmp_path / "site" / "model" / "tiny_encoder.onnx").stat().st_size
