@@ -40,6 +40,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("export-web", "export_web", DEPLOY_PANEL),
     ("download-data", "download_data", DATA_PANEL),
     ("distill", "distill", DATA_PANEL),
+    ("finetune", "finetune", DATA_PANEL),
     ("segment", "segment", INFER_PANEL),
     ("evaluate", "evaluate", INFER_PANEL),
     ("benchmark", "benchmark", INFER_PANEL),

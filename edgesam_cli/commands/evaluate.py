@@ -36,6 +36,7 @@ model frame, clicks drawn at random from the low-res error region) for numbers c
 class Dataset(str, Enum):
     sa1b = "sa1b"
     coco = "coco"
+    folder = "folder"
 
 
 class PromptKind(str, Enum):
@@ -62,8 +63,9 @@ def command(
         "--checkpoint", exists=True, dir_okay=False,
         help="Weights (.pth/.pt) or an exported artifact (e.g. NAME_encoder.onnx) opened by load_predictor.")],
     data_root: Annotated[Path, typer.Option(
-        "--data-root", exists=True, file_okay=False,
-        help="Dataset root: SA-1B with images/<split> + annotations/<split>, or COCO with annotations/.")],
+        "--data-root", exists=True,
+        help="Dataset root: SA-1B with images/<split> + annotations/<split>, or COCO with annotations/; with "
+             "--data folder: your mask folder (images/ + masks/) or COCO instances .json.")],
     model: Annotated[str | None, typer.Option(
         "--model", help="Model variant of a .pth checkpoint (default edge_sam_dyt); ignored for artifacts.")] = None,
     decoder_from: DecoderFromOpt = None,
@@ -96,6 +98,9 @@ def command(
     save_masks: Annotated[bool, typer.Option(
         "--save-masks", help="Also write the kept masks as COCO RLE results (+ the matching GT subset).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+    images: Annotated[Path | None, typer.Option(
+        "--images", exists=True, dir_okay=False,
+        help="Only these images: a file with one name per line, e.g. finetune's heldout_images.txt.")] = None,
 ) -> None:
     """Evaluate prompted segmentation (mIoU x100 per click and per object size) on SA-1B or COCO."""
     import json
@@ -114,8 +119,12 @@ def command(
     if reference_model and reference is None:
         raise ConfigError("--reference-model needs --reference CHECKPOINT")
 
-    dataset = open_eval_dataset(data.value, data_root, split, num_samples,
+    dataset = open_eval_dataset(data.value, data_root, split, None if images else num_samples,
                                 order="upstream" if protocol.value == "upstream" else "sorted")
+    if images is not None:
+        from edgesam_core.evaluation.samples import KeptImages, read_image_list
+
+        dataset = KeptImages(dataset, read_image_list(images))
     err_console.print(f"Loading {checkpoint.name} ...")
     with RichProgress(transfer=True) as download:
         decoder_source = decoder_source_for(checkpoint, decoder_from, download)

@@ -19,6 +19,9 @@ EXAMPLES = """
   [dim]# HQ model, decoder masks upsampled to 1024x1024, into exports/[/dim]
   edgesam export-onnx weights/edge_sam_dyt_hq.pth --hq --upsample --out exports
 
+  [dim]# a learned task prompt built into its own decoder: image in, the task's mask out, no click[/dim]
+  edgesam export-onnx weights/edge_sam_dyt.pth --task leaves --tasks ft/tasks.pt
+
   [dim]# upstream's bilinear encoder upsampling and a batched-box decoder graph as well[/dim]
   edgesam export-onnx weights/edge_sam_dyt.pth --upsample-mode bilinear --multi-box
 
@@ -85,6 +88,13 @@ def command(
                            "specific rewrites (matrix-product upsampling, expanded SE gates, channels-first "
                            "decoder) and no staged decoder.")] = False,
     decoder_from: DecoderFromOpt = None,
+    task: Annotated[str | None, typer.Option(
+        "--task", help="Also write <name>_task_<TASK>_decoder.onnx: a learned task prompt built in "
+                       "(image_embeddings -> scores, masks), so encoder + it segment the task with no prompt.")
+    ] = None,
+    tasks: Annotated[Path | None, typer.Option(
+        "--tasks", exists=True, dir_okay=False, help="Tasks file of --task (default: tasks.pt beside the checkpoint).")
+    ] = None,
     json_out: JsonResultOpt = False,
 ) -> None:
     """Export EdgeSAM-DyT to ONNX (upstream's I/O contract, PyTorch's prompt semantics) and verify it."""
@@ -116,6 +126,17 @@ def command(
             failure, result = exc, getattr(exc, "result", None)
             if result is None:
                 raise
+    if task is not None and failure is None:
+        from edgesam_core.export.task_export import export_task
+
+        try:
+            task_result = export_task(checkpoint, model_type, task, tasks, out, opts.opset, tolerance)
+        except EdgeSamError as exc:
+            failure = exc
+        else:
+            result.files[f"task_{task}"] = task_result.path
+            result.sidecars[f"task_{task}"] = task_result.sidecar
+            result.parity.entries.extend(task_result.parity.entries)
     for note in result.notes:
         err_console.print(f"[yellow]Warning:[/yellow] {note}", highlight=False)
     if json_out:

@@ -72,6 +72,11 @@ def command(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Skip images whose outputs of this same job (prompts, model) are already complete "
         "in --out.")] = False,
+    task: Annotated[str | None, typer.Option(
+        "--task", help="Segment by a learned task prompt, with no click ('edgesam finetune --train prompt').")] = None,
+    tasks: Annotated[Path | None, typer.Option(
+        "--tasks", exists=True, dir_okay=False, help="Tasks file of --task (default: tasks.pt beside --checkpoint).")
+    ] = None,
 ) -> None:
     """Segment objects in images from point/box prompts (or everything) and save masks, overlay and JSON."""
     from rich.table import Table
@@ -87,10 +92,10 @@ def command(
     )
     from edgesam_core.merge import decoder_source_for
 
-    prompts = build_prompts(point or [], label or [], negative_point or [], box or [], everything, fast)
+    prompts = build_prompts(point or [], label or [], negative_point or [], box or [], everything, fast, task)
     plan = plan_segment(source, prompts, out, model=model, checkpoint=checkpoint, device=device, hq=hq,
                         multimask=multimask)
-    plan.resume, plan.shard = resume, shard_from_env()
+    plan.resume, plan.shard, plan.tasks = resume, shard_from_env(), tasks
     with RichProgress(transfer=True) as download:
         if plan.checkpoint is None:
             fetch_checkpoint(plan, download)

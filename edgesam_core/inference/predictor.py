@@ -77,6 +77,9 @@ class SamPredictor:
         #: each prompt's 4096 x 256 image tokens fall out of cache in bigger batches: measured per prompt on 2
         #: cores, 21.8 ms at 1, 26.7 ms at 4, 69 ms at 16).
         self.prompt_batch: int | None = None
+        #: Fingerprint of the prompt encoder + mask decoder weights as loaded (task prompts are tied to it); taken
+        #: before :meth:`to_inference_form` rewrites them.
+        self._prompt_fingerprint: str | None = None
         self.reset_image()
 
     def to_inference_form(self, channels_last: bool | None = None) -> dict[str, int]:
@@ -88,7 +91,10 @@ class SamPredictor:
         longer matches checkpoints afterwards: call this after loading weights, never on a model you train.
         """
         from edgesam_core.models.inference_form import to_inference_form
+        from edgesam_core.models.task_prompt import prompt_path_fingerprint
 
+        if self._prompt_fingerprint is None:
+            self._prompt_fingerprint = prompt_path_fingerprint(self.model)
         done = to_inference_form(self.model)
         if channels_last is None:
             channels_last = self.device.type == "cpu"
@@ -274,6 +280,53 @@ class SamPredictor:
 
         return Prediction(to_np(masks), to_np(scores).astype(np.float32), to_np(low_res).astype(np.float32),
                           to_np(sam_masks), to_np(low_res_sam), include_sam_masks=return_sam_masks)
+
+    def load_tasks(self, path: Any) -> list[str]:
+        """Read the task prompts of a tasks file (``edgesam finetune --train prompt``) for :meth:`predict_task`.
+
+        Raises:
+            InputError: not a tasks file, no task in it, or tasks trained with other decoder weights.
+        """
+        from edgesam_core.errors import InputError
+        from edgesam_core.models.task_prompt import load_task_file, prompt_path_fingerprint
+
+        try:
+            tasks = load_task_file(path)
+        except ValueError as exc:
+            raise InputError(f"{exc}; train a task with 'edgesam finetune --train prompt --task NAME'") from exc
+        if not tasks:
+            raise InputError(f"No tasks file at {path}: train one with 'edgesam finetune --train prompt --task NAME' "
+                             "or pass --tasks FILE")
+        mine = self._prompt_fingerprint or prompt_path_fingerprint(self.model)
+        foreign = sorted(n for n, t in tasks.items() if t.get("fingerprint") != mine)
+        if foreign:
+            raise InputError(f"{path}: task(s) {', '.join(foreign)} were trained for other decoder weights than this "
+                             "checkpoint's; use the checkpoint they were trained on, or train them again")
+        self.tasks = {name: t["tokens"].to(self.device) for name, t in tasks.items()}
+        return sorted(self.tasks)
+
+    @torch.no_grad()
+    def predict_task(self, name: str, return_logits: bool = False) -> Prediction:
+        """The mask of a learned task prompt on the current image, with no click: ``(masks 1xHxW, scores 1,
+        low_res_logits 1xhxw)``.
+
+        Raises:
+            InputError: no image set, or ``name`` is not a loaded task (see :meth:`load_tasks`).
+        """
+        from edgesam_core.errors import InputError
+        from edgesam_core.models.task_prompt import decode_task
+
+        self._require_image()
+        tasks = getattr(self, "tasks", {})
+        if name not in tasks:
+            raise InputError(f"No task {name!r}" + (f"; the tasks file has {', '.join(sorted(tasks))}" if tasks else
+                                                    ": load a tasks file first (--tasks FILE)"))
+        features = self.features[0] if isinstance(self.features, tuple) else self.features
+        low_res, iou = decode_task(self.model, features, tasks[name])
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return Prediction(masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy())
 
     @torch.no_grad()
     def predict_torch(

@@ -23,6 +23,7 @@ class SegmentPrompts:
         boxes: ``(x0, y0, x1, y1)`` boxes; each gives its own mask(s).
         everything: segment the whole image with the automatic mask generator instead.
         fast: with ``everything``, the generator's fast mode (:data:`FAST_EVERYTHING`).
+        task: the name of a learned task prompt to segment by, with no click (``--task``).
     """
 
     points: tuple[tuple[float, float], ...] = ()
@@ -30,9 +31,13 @@ class SegmentPrompts:
     boxes: tuple[tuple[float, float, float, float], ...] = field(default=())
     everything: bool = False
     fast: bool = False
+    task: str | None = None
 
     def prompt_sets(self) -> list[dict[str, object]]:
-        """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}``."""
+        """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}`` (or
+        ``{"task": name}``)."""
+        if self.task:
+            return [{"task": self.task}]
         base = {"points": [list(p) for p in self.points], "labels": list(self.labels)}
         if not self.boxes:
             return [{**base, "box": None}]
@@ -79,6 +84,7 @@ def build_prompts(
     boxes: Sequence[str] = (),
     everything: bool = False,
     fast: bool = False,
+    task: str | None = None,
 ) -> SegmentPrompts:
     """Turn the raw command-line values into :class:`SegmentPrompts`.
 
@@ -89,6 +95,7 @@ def build_prompts(
         boxes: ``"X0,Y0,X1,Y1"`` strings (``--box``).
         everything: ``--everything`` (exclusive with the other prompts).
         fast: ``--fast`` (only with ``--everything``).
+        task: ``--task NAME`` (exclusive with the other prompts).
 
     Raises:
         InputError: malformed values or no prompt at all. ConfigError: conflicting options.
@@ -106,10 +113,14 @@ def build_prompts(
     parsed_points += negatives
     all_labels += [0] * len(negatives)
     parsed_boxes = [parse_box(b) for b in boxes]
+    if task and (parsed_points or parsed_boxes or everything):
+        raise ConfigError("--task segments by a learned prompt, with no click; drop --point/--box/--everything or it")
+    if task:
+        return SegmentPrompts(task=task)
     if everything and (parsed_points or parsed_boxes):
         raise ConfigError("--everything segments the whole image; drop --point/--negative-point/--box or it")
     if not everything and not parsed_points and not parsed_boxes:
-        raise InputError("No prompt given: pass --point X,Y, --box X0,Y0,X1,Y1 or --everything")
+        raise InputError("No prompt given: pass --point X,Y, --box X0,Y0,X1,Y1, --everything or --task NAME")
     if fast and not everything:
         raise ConfigError("--fast is a mode of --everything; add --everything or drop --fast")
     return SegmentPrompts(tuple(parsed_points), tuple(all_labels), tuple(parsed_boxes), everything, fast)

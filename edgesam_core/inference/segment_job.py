@@ -84,6 +84,11 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
 
     results: list[MaskResult] = []
     for prompt in prompts.prompt_sets():
+        if prompt.get("task"):
+            masks, iou, low_res = predictor.predict_task(str(prompt["task"]))[:3]
+            results.append(MaskResult(np.asarray(masks[0], dtype=bool),
+                                      float(np.nan_to_num(stability_score_numpy(low_res)[0])), float(iou[0]), prompt))
+            continue
         coords = np.asarray(prompt["points"], dtype=np.float64).reshape(-1, 2) if prompt["points"] else None
         labels = np.asarray(prompt["labels"], dtype=np.int64) if prompt["points"] else None
         box = np.asarray(prompt["box"], dtype=np.float64) if prompt["box"] is not None else None
@@ -401,6 +406,8 @@ class SegmentPlan:
     """SAM checkpoint completing an encoder-only checkpoint (see ``edgesam_core.merge.decoder_source_for``)."""
     resume: bool = False
     """Skip images whose outputs of the same job are complete."""
+    tasks: Path | None = None
+    """Tasks file of ``--task`` (default: ``tasks.pt`` beside the checkpoint)."""
     shard: tuple[int, int] = (0, 1)
     """``(rank, world_size)``: this process's share of a folder (``torchrun`` sets it, see ``shard_from_env``)."""
 
@@ -512,6 +519,15 @@ def execute_plan(plan: SegmentPlan, progress: Progress | None = None) -> Segment
         raise ConfigError("HQ models predict one mask per prompt; drop --multimask")
     variant = getattr(getattr(predictor, "model", None), "variant", None) or plan.variant
     meta = {"model": variant, "checkpoint": str(checkpoint)}
+    if plan.prompts.task:
+        if not hasattr(predictor, "load_tasks"):
+            raise ConfigError("--task runs with a .pth checkpoint; for an exported model, export the task into the "
+                              "decoder with 'edgesam export-onnx --task NAME'")
+        tasks = plan.tasks or checkpoint.parent / "tasks.pt"
+        predictor.load_tasks(tasks)
+        if plan.prompts.task not in predictor.tasks:
+            raise InputError(f"{tasks} has no task {plan.prompts.task!r} (it has {', '.join(sorted(predictor.tasks))})")
+        meta["tasks"] = str(tasks)
     return segment_images(plan.source, predictor, plan.prompts, plan.out_dir, multimask=plan.multimask,
                           meta=meta, progress=progress, resume=plan.resume, shard=plan.shard)
 

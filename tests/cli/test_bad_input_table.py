@@ -140,6 +140,13 @@ CASES: list[tuple[str, list[str], int, str]] = [
                             "--data-root", "{ws}/empty", "--out", "{out}"], 2, "--teacher-checkpoint"),
     ("distill-resume-and-auto", ["distill", "--step", "1", "--resume", "{ws}/not_a_checkpoint.pth",
                                  "--auto-resume"], 2, "--auto-resume"),
+    # finetune
+    ("finetune-not-a-dataset", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/empty", "--out", "{out}"], 2,
+     "neither a COCO"),
+    ("finetune-bad-train", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/photos", "--train", "everything",
+                            "--out", "{out}"], 2, "--train"),
+    ("finetune-corrupt-coco", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/binary.yaml", "--out", "{out}"], 2,
+     "binary.yaml"),
     # evaluate
     ("evaluate-bad-data", ["evaluate", "--checkpoint", "{ws}/tiny.pth", "--data", "imagenet", "--data-root",
                            "{ws}/empty"], 2, "imagenet"),
