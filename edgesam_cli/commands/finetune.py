@@ -18,6 +18,9 @@ EXAMPLES = """
   [dim]# COCO instances (polygons or RLE; images beside the JSON or in images/), more epochs[/dim]
   edgesam finetune --data annotations.json weights/edge_sam_dyt.pth --out ft/ --epochs 30
 
+  [dim]# a task prompt: the class "leaf" with no click (tokens only; saved in ft/tasks.pt)[/dim]
+  edgesam finetune --data my_parts/ ft/edge_sam_dyt_finetuned.pth --out ft/ --train prompt --task leaves --category leaf --lr 3e-3
+
   [dim]# then: the same held-out images, before and after, with evaluate; export as usual[/dim]
   edgesam evaluate --checkpoint ft/edge_sam_dyt_finetuned.pth --data folder --data-root my_parts/
   edgesam export-onnx ft/edge_sam_dyt_finetuned.pth
@@ -36,7 +39,16 @@ def command(
                                     "annotations/instances_*.json.")],
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output folder.")],
     model: RecognisedVariantOpt = None,
-    train: Annotated[str, typer.Option("--train", help="What to train: decoder (the mask decoder).")] = "decoder",
+    train: Annotated[str, typer.Option(
+        "--train", help="What to train: decoder (the mask decoder), encoder+decoder (plus low-rank adapters on the "
+                        "encoder's 1x1 convs, merged at the end; no embedding cache) or prompt (a task prompt, "
+                        "everything else frozen; needs --task).")] = "decoder",
+    lora_rank: Annotated[int, typer.Option(
+        "--lora-rank", min=1, help="encoder+decoder: rank of the encoder's adapters.")] = 8,
+    task: Annotated[str | None, typer.Option(
+        "--task", help="--train prompt: the task's name in <out>/tasks.pt (segment --task NAME).")] = None,
+    category: Annotated[str | None, typer.Option(
+        "--category", help="--train prompt: the class the task segments (default: every object).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training images.")] = 10,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Objects per step (of one image).")] = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 1e-4,
@@ -56,11 +68,17 @@ def command(
 
     opts = FinetuneOptions(model_type=model or variant_for(checkpoint, "edge_sam_dyt"), train=train, epochs=epochs,
                            batch=batch, lr=lr, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir,
-                           device=device)
+                           device=device, task=task, category=category, lora_rank=lora_rank)
     dataset = open_user_dataset(data)
     with RichProgress() as progress:
         result = finetune(checkpoint, dataset, out, opts, progress=progress, resume=resume)
     before, best = result.before, result.best
+    if train == "prompt":
+        out_console.print(f"task {task!r}: held-out mIoU {before['task']:.1f} -> {best['task']:.1f} with no click "
+                          f"(best epoch {result.best_epoch}); saved in {result.checkpoint}", highlight=False)
+        out_console.print(f"use it: edgesam segment IMAGE --checkpoint {checkpoint} --task {task} --tasks "
+                          f"{result.checkpoint}", highlight=False)
+        return
     out_console.print(f"held-out mIoU box {before.get('box', 0):.1f} -> {best.get('box', 0):.1f}, point "
                       f"{before.get('point', 0):.1f} -> {best.get('point', 0):.1f} (best epoch {result.best_epoch}); "
                       f"{result.prompts_per_second:.0f} prompts/s", highlight=False)

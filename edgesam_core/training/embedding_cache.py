@@ -86,3 +86,33 @@ class EmbeddingCache:
     def size_bytes(self) -> int:
         """Bytes on disk for this encoder's embeddings."""
         return sum(p.stat().st_size for p in self.folder.glob("*.npy"))
+
+
+class FreshEmbeddings:
+    """The :class:`EmbeddingCache` interface for an encoder that trains (LoRA): every ``get`` encodes anew, with
+    autograd when ``grad`` is set; nothing is written."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.folder = Path(".")
+        self.hits = self.misses = 0
+        self.encode_seconds = 0.0
+        self.grad = False
+
+    def get(self, image_path: str | Path, image: Any) -> torch.Tensor:
+        import time
+
+        from edgesam_core.data.transforms import ResizeLongestSide
+
+        start = time.perf_counter()
+        pixels = image() if callable(image) else image
+        resized = ResizeLongestSide(int(self.model.img_size)).apply_image(np.ascontiguousarray(pixels))
+        tensor = torch.as_tensor(resized).permute(2, 0, 1)[None].float().to(self.model.pixel_mean.device)
+        with torch.set_grad_enabled(self.grad):
+            features = self.model.encode_image(self.model.preprocess(tensor))
+        self.misses += 1
+        self.encode_seconds += time.perf_counter() - start
+        return features[0] if isinstance(features, tuple) else features
+
+    def size_bytes(self) -> int:
+        return 0

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from edgesam_core.errors import ConfigError, DatasetError, TrainingError
 from edgesam_core.progress import NullProgress, Progress
 
-TRAINABLE = ("decoder", "prompt")
+TRAINABLE = ("decoder", "encoder+decoder", "prompt")
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0
 MAX_BAD_STEPS = 10
 STATE_FILE = "finetune_state.pt"
@@ -55,6 +55,8 @@ class FinetuneOptions:
     #: ``--train prompt``: the task's name in ``<out>/tasks.pt`` and the class it segments (None: every object).
     task: str | None = None
     category: str | None = None
+    #: ``--train encoder+decoder``: rank of the encoder's low-rank adapters (merged into the weights at the end).
+    lora_rank: int = 8
 
     def __post_init__(self) -> None:
         if self.train not in TRAINABLE:
@@ -322,7 +324,11 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
                           "edge_sam_dyt) and build its HQ decoder with 'edgesam distill --step hq'")
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = list(model.mask_decoder.parameters()) if opts.train == "decoder" else []
+    trainable = list(model.mask_decoder.parameters()) if opts.train != "prompt" else []
+    if opts.train == "encoder+decoder":
+        from edgesam_core.training.lora import add_lora
+
+        trainable += [p for a in add_lora(model.image_encoder, opts.lora_rank) for p in (a.down, a.up)]
     for p in trainable:
         p.requires_grad_(True)
     img_size = int(model.img_size)
@@ -342,11 +348,16 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
     if not train_items or not val_items:
         raise DatasetError("no training or no held-out image has an object with pixels; add annotated images")
 
-    cache = EmbeddingCache(opts.cache_dir or out / "embeddings", model)
+    cache: Any = EmbeddingCache(opts.cache_dir or out / "embeddings", model)
+    if opts.train == "encoder+decoder":  # the encoder trains: embeddings cannot be cached
+        from edgesam_core.training.embedding_cache import FreshEmbeddings
+
+        cache = FreshEmbeddings(model)
     task = progress.add_task("Encoding images (once, cached)", total=len(train_items) + len(val_items))
     start = time.perf_counter()
     for item in train_items + val_items:
-        cache.get(item.path, lambda it=item: _load_rgb(it))
+        if opts.train != "encoder+decoder":
+            cache.get(item.path, lambda it=item: _load_rgb(it))
         progress.advance(task)
     progress.finish(task)
     cache_seconds = time.perf_counter() - start
@@ -365,7 +376,7 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         if state.get("options") != _options_key(opts, checkpoint):
             raise ConfigError(f"{state_path} was written by a run with other options or data; pass another --out "
                               "or --no-resume to start over")
-        model.mask_decoder.load_state_dict(state["decoder"])
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = json.loads(state["rng"])
         first_epoch, history = int(state["epoch"]), json.loads(state["history"])
@@ -377,7 +388,8 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
     stem_path = out / _weights_name(checkpoint)
 
     prompts_done, train_seconds, bad = 0, 0.0, 0
-    steps = sum(math.ceil(len(i.targets) / opts.batch) for i in train_items)
+    steps = len(train_items) if opts.train == "encoder+decoder" else \
+        sum(math.ceil(len(i.targets) / opts.batch) for i in train_items)
     for epoch in range(first_epoch + 1, opts.epochs + 1):
         task = progress.add_task(f"Epoch {epoch}/{opts.epochs}", total=steps)
         order = rng.permutation(len(train_items))
@@ -385,8 +397,15 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         model.mask_decoder.train()
         for index in order:
             item = train_items[int(index)]
+            if opts.train == "encoder+decoder":  # the encoder trains: one step per image, on its first batch
+                cache.grad = True
+                model.image_encoder.train()
             embedding = cache.get(item.path, lambda it=item: _load_rgb(it)).to(device)
+            cache.grad = False
+            model.image_encoder.eval()
             picks = rng.permutation(len(item.targets))
+            if opts.train == "encoder+decoder":
+                picks = picks[:opts.batch]
             for lo in range(0, len(picks), opts.batch):
                 targets = [item.targets[int(k)] for k in picks[lo:lo + opts.batch]]
                 t0 = time.perf_counter()
@@ -417,7 +436,7 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         if _overall(miou) > _overall(best):
             best, best_epoch = miou, epoch
             _save_weights(model, stem_path)
-        atomic_save({"epoch": epoch, "decoder": model.mask_decoder.state_dict(), "optimizer": optimizer.state_dict(),
+        atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
                      "before": json.dumps(before), "best": json.dumps(best), "best_epoch": best_epoch,
                      "options": _options_key(opts, checkpoint)}, state_path)
@@ -561,8 +580,15 @@ def _options_key(opts: FinetuneOptions, checkpoint: str | Path) -> str:
 
 
 def _save_weights(model: Any, path: Path) -> None:
+    """A plain state dict of ``model``, encoder adapters merged into their convolutions (original keys)."""
+    import copy
+
+    from edgesam_core.training.lora import LoRAConv2d, merge_lora
     from edgesam_core.training.state import atomic_save
 
+    if any(isinstance(m, LoRAConv2d) for m in model.modules()):
+        model = copy.deepcopy(model)
+        merge_lora(model)
     atomic_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
 
 

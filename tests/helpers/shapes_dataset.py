@@ -50,9 +50,10 @@ def _polygon(cls: str, cx: float, cy: float, r: float, rng: np.random.Generator)
     return [round(float(v), 2) for v in pts.reshape(-1)]
 
 
-def make_images(count: int, size: tuple[int, int] = (96, 128), seed: int = 0,
-                classes: tuple[str, ...] = CLASSES) -> list[tuple[np.ndarray, list[Shape]]]:
-    """``count`` images (H x W x 3 uint8) with 1-3 shapes each, in a 2 x 2 grid of cells."""
+def make_images(count: int, size: tuple[int, int] = (96, 128), seed: int = 0, classes: tuple[str, ...] = CLASSES,
+                exactly_one: str | None = None) -> list[tuple[np.ndarray, list[Shape]]]:
+    """``count`` images (H x W x 3 uint8) with 1-3 shapes each, in a 2 x 2 grid of cells; with ``exactly_one``,
+    every image holds exactly one shape of that class (the others are of the other classes)."""
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(seed)
@@ -66,13 +67,15 @@ def make_images(count: int, size: tuple[int, int] = (96, 128), seed: int = 0,
         image = photo[y:y + h, x:x + w].copy()
         cells = rng.permutation(4)[: int(rng.integers(1, 4))]
         shapes = []
-        for cell in cells:
+        for k, cell in enumerate(cells):
             row, col = divmod(int(cell), 2)
             ch, cw = h / 2, w / 2
             r = rng.uniform(0.3, 0.45) * min(ch, cw)
             cx = (col + 0.5) * cw + rng.uniform(-0.1, 0.1) * cw
             cy = (row + 0.5) * ch + rng.uniform(-0.1, 0.1) * ch
-            cls = classes[int(rng.integers(len(classes)))]
+            pool = classes if exactly_one is None else (
+                (exactly_one,) if k == 0 else tuple(c for c in classes if c != exactly_one))
+            cls = pool[int(rng.integers(len(pool)))]
             polygon = _polygon(cls, cx, cy, r, rng)
             mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], h, w))).astype(bool)
             jitter = rng.integers(-25, 26, 3)
