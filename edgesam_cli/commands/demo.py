@@ -19,6 +19,9 @@ EXAMPLES = """
   [dim]# an exported ONNX pair (the decoder is found next to the encoder)[/dim]
   edgesam demo --checkpoint export/edge_sam_dyt_encoder.onnx
 
+  [dim]# your fine-tuned weights with their task prompts: a Task menu segments a class with no click[/dim]
+  edgesam demo --checkpoint ft/edge_sam_dyt_finetuned.pth --tasks ft/tasks.pt
+
   [dim]# the model in the browser: serve a site built by 'edgesam export-web' (WASM threads enabled)[/dim]
   edgesam demo --client-side site
 
@@ -52,6 +55,10 @@ def command(
     open_browser: Annotated[bool, typer.Option(
         "--open/--no-open", help="Open the page in the default web browser.")] = False,
     log_requests: Annotated[bool, typer.Option("--log-requests", help="Print one line per HTTP request.")] = False,
+    tasks: Annotated[Path | None, typer.Option(
+        "--tasks", exists=True, dir_okay=False,
+        help="Tasks file of 'edgesam finetune --train prompt': the page gets a Task menu (segment with no click).")
+    ] = None,
     client_side: Annotated[Path | None, typer.Option(
         "--client-side", exists=True, file_okay=False,
         help="Serve a site built by 'edgesam export-web': the model runs in the browser (encoder and decoder), "
@@ -78,7 +85,7 @@ def command(
     if client_side is not None:
         from edgesam_core.demo.site_server import serve_site
 
-        if checkpoint is not None or model is not None or hq:
+        if checkpoint is not None or model is not None or hq or tasks is not None:
             raise ConfigError("--client-side serves a built site, whose model is fixed: drop --checkpoint/--model/"
                               "--hq (build another site with 'edgesam export-web' to change the model)")
         _run(serve_site(client_side, host=host, port=port, log=log), open_browser,
@@ -88,9 +95,9 @@ def command(
     limits = DemoLimits(max_upload_bytes=int(max_upload_mb * 1_000_000), max_pixels=int(max_megapixels * 1_000_000))
     if plan.checkpoint is None:
         with RichProgress(transfer=True) as download:
-            session = open_session(plan, limits, download)
+            session = open_session(plan, limits, download, tasks=tasks)
     else:
-        session = open_session(plan, limits)
+        session = open_session(plan, limits, tasks=tasks)
     _run(serve(session, host=host, port=port, log=log), open_browser, f"EdgeSAM demo ({session.model_name})")
 
 

@@ -18,6 +18,9 @@ EXAMPLES = """
   [dim]# COCO instances (polygons or RLE; images beside the JSON or in images/), more epochs[/dim]
   edgesam finetune --data annotations.json weights/edge_sam_dyt.pth --out ft/ --epochs 30
 
+  [dim]# two processes (torch.distributed: each takes half of every epoch's steps, gradients averaged)[/dim]
+  torchrun --nproc_per_node 2 -m edgesam_cli finetune --data my_parts/ weights/edge_sam_dyt.pth --out ft/
+
   [dim]# a task prompt: the class "leaf" with no click (tokens only; saved in ft/tasks.pt)[/dim]
   edgesam finetune --data my_parts/ ft/edge_sam_dyt_finetuned.pth --out ft/ --train prompt --task leaves --category leaf --lr 3e-3
 

@@ -55,14 +55,20 @@ def fetch_weights(plan: DemoPlan, progress: Progress | None = None) -> Path:
     return plan.checkpoint
 
 
-def open_session(plan: DemoPlan, limits: DemoLimits | None = None, progress: Progress | None = None) -> DemoSession:
+def open_session(plan: DemoPlan, limits: DemoLimits | None = None, progress: Progress | None = None,
+                 tasks: Path | None = None) -> DemoSession:
     """Load the model of ``plan`` (fetching weights first when needed) into a :class:`DemoSession`.
 
     Raises:
-        ConfigError: ``--hq`` asked for but the model has no HQ head; checkpoint and backend errors pass through.
+        ConfigError: ``--hq`` asked for but the model has no HQ head, or ``tasks`` for a non-PyTorch model;
+            checkpoint and backend errors pass through. InputError: ``tasks`` is not a tasks file of these weights.
     """
     checkpoint = fetch_weights(plan, progress)
     session = DemoSession.from_checkpoint(checkpoint, model=plan.variant, device=plan.device, limits=limits)
     if plan.hq and not session.is_hq:
         raise ConfigError(f"--hq needs an HQ model, but {checkpoint.name} is not one")
+    if tasks is not None:
+        if not hasattr(session.predictor, "load_tasks"):
+            raise ConfigError("--tasks needs a .pth checkpoint (an exported model carries its task in its decoder)")
+        session.predictor.load_tasks(tasks)
     return session

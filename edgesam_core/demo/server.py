@@ -4,7 +4,8 @@ Routes:
     ``GET /`` (page), ``GET /static/<file>``, ``GET /api/info``;
     ``POST /api/image`` (raw image bytes) -> ``{image_id, width, height, is_hq, encode_ms}``;
     ``POST /api/segment`` (JSON ``{image_id, points, labels, box, multimask, hq}``) -> masks;
-    ``POST /api/everything`` (JSON ``{image_id}``) -> coloured overlay and masks.
+    ``POST /api/everything`` (JSON ``{image_id}``) -> coloured overlay and masks;
+    ``POST /api/task`` (JSON ``{image_id, task}``) -> the mask of a learned task prompt, no click.
 
 Every error is ``{"error": "one line"}`` with a 4xx status. Body sizes are checked from ``Content-Length``
 before anything is read. The server binds to loopback by default and then also checks the ``Host`` header,
@@ -217,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch({"/api/image": self._upload, "/api/segment": self._segment,
-                        "/api/everything": self._everything})
+                        "/api/everything": self._everything, "/api/task": self._task})
 
     def _static(self) -> None:
         body, kind = self.server.static[urlsplit(self.path).path]
@@ -246,6 +247,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _everything(self) -> None:
         payload = self._read_json()
         self._json(200, self.server.session.everything(payload.get("image_id")))
+
+    def _task(self) -> None:
+        payload = self._read_json()
+        self._json(200, self.server.session.task(payload.get("image_id"), payload.get("task")))
 
 
 class DemoServer:

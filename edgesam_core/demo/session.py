@@ -263,6 +263,7 @@ class DemoSession:
             "hq_toggle": self.can_compare_hq,
             "multimask": not self.is_hq,
             "everything": self.can_segment_everything,
+            "tasks": sorted(getattr(self.predictor, "tasks", {}) or {}),
             "limits": asdict(self.limits),
         }
 
@@ -374,6 +375,32 @@ class DemoSession:
         return [result.masks[0]], stability_score_numpy(result.low_res_logits), result.scores, "best-of-4"
 
     # -- everything -------------------------------------------------------------------------------------
+
+    def task(self, image_id: Any, name: Any) -> dict[str, Any]:
+        """The mask of a learned task prompt (``edgesam demo --tasks FILE``) on an uploaded image, no click.
+
+        Returns:
+            the :meth:`segment` answer with one mask and ``mode`` ``"task"``.
+        """
+        from edgesam_core.inference.amg import stability_score_numpy
+
+        tasks = getattr(self.predictor, "tasks", {}) or {}
+        if not isinstance(name, str) or name not in tasks:
+            known = ", ".join(sorted(tasks)) or "none (start the demo with --tasks FILE)"
+            raise DemoRequestError(f"Unknown task {str(name)[:40]!r}; tasks: {known}")
+        start = time.perf_counter()
+        with self._lock:
+            stored = self._get(image_id)
+            encode_ms = self._ensure_encoded(image_id, stored)
+            decode_start = time.perf_counter()
+            result = self.predictor.predict_task(name)
+            decode_ms = (time.perf_counter() - decode_start) * 1000.0
+            self.decode_count += 1
+        stability = stability_score_numpy(result.low_res_logits)
+        return {"image_id": image_id, "masks": [mask_record(result.masks[0], stability[0], result.scores[0])],
+                "best": 0, "mode": "task", "prompts": {"points": [], "labels": [], "box": None, "task": name},
+                "decode_ms": round(decode_ms, 2), "encode_ms": round(encode_ms, 2),
+                "total_ms": round((time.perf_counter() - start) * 1000.0, 2)}
 
     def everything(self, image_id: Any) -> dict[str, Any]:
         """Segment the whole image with the automatic mask generator.

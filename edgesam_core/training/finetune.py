@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from edgesam_core.errors import ConfigError, DatasetError, TrainingError
 from edgesam_core.progress import NullProgress, Progress
+from edgesam_core.training.distributed import all_true, barrier
 
 TRAINABLE = ("decoder", "encoder+decoder", "prompt")
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0
@@ -104,6 +105,8 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     prompts_per_second: float
     cache: dict[str, Any]
+    #: The trained model (in memory; adapters not merged).
+    model: Any = None
 
 
 def split_samples(samples: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -309,15 +312,19 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         TrainingError: 10 steps in a row with a non-finite loss.
     """
     from edgesam_core.models import build_sam
+    from edgesam_core.training.distributed import init_distributed
     from edgesam_core.training.embedding_cache import EmbeddingCache
     from edgesam_core.training.state import atomic_save
 
-    progress = progress or NullProgress()
+    dist_info = init_distributed(opts.device)
+    if dist_info.enabled and opts.train == "prompt":
+        raise ConfigError("--train prompt runs in one process (it trains a few tokens); drop torchrun for it")
+    progress = (progress or NullProgress()) if dist_info.is_main else NullProgress()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
-    device = torch.device(opts.device)
+    device = dist_info.device
     model = build_sam(opts.model_type, checkpoint).to(device).eval()
     if model.is_hq:
         raise ConfigError("fine-tuning HQ models is not supported yet: fine-tune the plain variant (e.g. "
@@ -355,11 +362,12 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         cache = FreshEmbeddings(model)
     task = progress.add_task("Encoding images (once, cached)", total=len(train_items) + len(val_items))
     start = time.perf_counter()
-    for item in train_items + val_items:
-        if opts.train != "encoder+decoder":
+    for k, item in enumerate(train_items + val_items):
+        if opts.train != "encoder+decoder" and k % dist_info.world_size == dist_info.rank:  # each rank its share
             cache.get(item.path, lambda it=item: _load_rgb(it))
         progress.advance(task)
     progress.finish(task)
+    barrier(dist_info)
     cache_seconds = time.perf_counter() - start
 
     if opts.train == "prompt":
@@ -372,74 +380,74 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
     before = best = None
     best_epoch = 0
     if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("options") != _options_key(opts, checkpoint):
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: never unpickle it unsafely
+            raise ConfigError(f"{state_path} cannot be read ({type(exc).__name__}); pass --no-resume to start over "
+                              "or another --out") from exc
+        if not isinstance(state, dict) or state.get("options") != _options_key(opts, checkpoint):
             raise ConfigError(f"{state_path} was written by a run with other options or data; pass another --out "
                               "or --no-resume to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = json.loads(state["rng"])
         first_epoch, history = int(state["epoch"]), json.loads(state["history"])
         before, best, best_epoch = json.loads(state["before"]), json.loads(state["best"]), int(state["best_epoch"])
     if before is None:
-        before = heldout_miou(model, val_items, cache, _load_rgb)
+        before = heldout_miou(model, val_items, cache, _load_rgb) if dist_info.is_main else {}
         best, best_epoch = before, 0
-        _save_weights(model, out / _weights_name(checkpoint))
+        if dist_info.is_main:
+            _save_weights(model, out / _weights_name(checkpoint))
     stem_path = out / _weights_name(checkpoint)
 
     prompts_done, train_seconds, bad = 0, 0.0, 0
-    steps = len(train_items) if opts.train == "encoder+decoder" else \
-        sum(math.ceil(len(i.targets) / opts.batch) for i in train_items)
     for epoch in range(first_epoch + 1, opts.epochs + 1):
-        task = progress.add_task(f"Epoch {epoch}/{opts.epochs}", total=steps)
-        order = rng.permutation(len(train_items))
+        units = _epoch_units(train_items, epoch, opts)
+        # Every rank takes the same number of steps (the remainder is dropped), each on its own units; gradients
+        # are averaged over the ranks before every optimizer step, so all ranks hold the same weights.
+        per_rank = len(units) // dist_info.world_size
+        mine = units[dist_info.rank::dist_info.world_size][:per_rank]
+        task = progress.add_task(f"Epoch {epoch}/{opts.epochs}", total=len(mine))
         losses = []
         model.mask_decoder.train()
-        for index in order:
-            item = train_items[int(index)]
-            if opts.train == "encoder+decoder":  # the encoder trains: one step per image, on its first batch
+        for number, (index, picks) in mine:
+            item = train_items[index]
+            if opts.train == "encoder+decoder":  # the encoder trains: it runs (with autograd) in this step
                 cache.grad = True
                 model.image_encoder.train()
             embedding = cache.get(item.path, lambda it=item: _load_rgb(it)).to(device)
             cache.grad = False
             model.image_encoder.eval()
-            picks = rng.permutation(len(item.targets))
-            if opts.train == "encoder+decoder":
-                picks = picks[:opts.batch]
-            for lo in range(0, len(picks), opts.batch):
-                targets = [item.targets[int(k)] for k in picks[lo:lo + opts.batch]]
-                t0 = time.perf_counter()
-                loss, count = train_step(model, embedding, targets, rng, img_size)
-                if not torch.isfinite(loss):
-                    bad += 1
-                    if bad >= MAX_BAD_STEPS:
-                        raise TrainingError(f"{bad} steps in a row had a non-finite loss; lower --lr "
-                                            f"(now {opts.lr:g})")
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                bad = 0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                train_seconds += time.perf_counter() - t0
-                prompts_done += count
-                losses.append(float(loss.detach()))
-                progress.advance(task)
+            targets = [item.targets[k] for k in picks]
+            t0 = time.perf_counter()
+            loss, count = train_step(model, embedding, targets, np.random.default_rng([opts.seed, epoch, number]),
+                                     img_size)
+            optimizer.zero_grad(set_to_none=True)
+            bad = _nan_guard(all_true(bool(torch.isfinite(loss)), dist_info), bad, opts.lr)  # ranks skip alike
+            if bad:
+                continue
+            loss.backward()
+            _average_gradients(trainable, dist_info)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            train_seconds += time.perf_counter() - t0
+            prompts_done += count
+            losses.append(float(loss.detach()))
+            progress.advance(task)
         progress.finish(task)
         model.mask_decoder.eval()
-        miou = heldout_miou(model, val_items, cache, _load_rgb)
-        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5),
-                        "miou": miou})
-        progress.log(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, held-out mIoU box {miou.get('box', 0):.1f} "
-                     f"point {miou.get('point', 0):.1f}")
-        if _overall(miou) > _overall(best):
-            best, best_epoch = miou, epoch
-            _save_weights(model, stem_path)
-        atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
-                     "before": json.dumps(before), "best": json.dumps(best), "best_epoch": best_epoch,
-                     "options": _options_key(opts, checkpoint)}, state_path)
+        if dist_info.is_main:
+            miou = heldout_miou(model, val_items, cache, _load_rgb)
+            history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5),
+                            "miou": miou})
+            progress.log(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, held-out mIoU box "
+                         f"{miou.get('box', 0):.1f} point {miou.get('point', 0):.1f}")
+            if _overall(miou) > _overall(best):
+                best, best_epoch = miou, epoch
+                _save_weights(model, stem_path)
+            atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "history": json.dumps(history), "before": json.dumps(before), "best": json.dumps(best),
+                         "best_epoch": best_epoch, "options": _options_key(opts, checkpoint)}, state_path)
+        barrier(dist_info)
 
     speed = prompts_done / train_seconds if train_seconds else 0.0
     cache_info = {"images": len(train_items) + len(val_items), "bytes": cache.size_bytes(),
@@ -452,11 +460,48 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
               "heldout_objects": sum(len(i.targets) for i in val_items),
               "heldout_miou_before": before, "heldout_miou_best": best, "best_epoch": best_epoch,
               "history": history, "prompts_per_second": round(speed, 2), "embedding_cache": cache_info}
-    (out / "heldout_images.txt").write_text("".join(f"{i.path.name}\n" for i in val_items))
-    report_path = out / "finetune_report.json"
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    plot = _plot(history, before, out / "finetune_miou.png")
-    return FinetuneResult(stem_path, report_path, plot, before, best, best_epoch, history, speed, cache_info)
+    report_path, plot = out / "finetune_report.json", None
+    if dist_info.is_main:
+        (out / "heldout_images.txt").write_text("".join(f"{i.path.name}\n" for i in val_items))
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        plot = _plot(history, before, out / "finetune_miou.png")
+    return FinetuneResult(stem_path, report_path, plot, before, best, best_epoch, history, speed, cache_info, model)
+
+
+def _epoch_units(items: list[Item], epoch: int, opts: FinetuneOptions) -> list[tuple[int, tuple[int, list[int]]]]:
+    """The epoch's steps, numbered: ``(number, (image index, object indices))``, in an order drawn from (seed,
+    epoch) alone, so every rank of a distributed run sees the same list. With a training encoder, one step per
+    image (on its first ``batch`` objects); else every object once, ``batch`` per step."""
+    rng = np.random.default_rng([opts.seed, epoch])
+    units = []
+    for index in rng.permutation(len(items)):
+        picks = [int(k) for k in rng.permutation(len(items[int(index)].targets))]
+        chunks = [picks[:opts.batch]] if opts.train == "encoder+decoder" else \
+            [picks[lo:lo + opts.batch] for lo in range(0, len(picks), opts.batch)]
+        units += [(int(index), chunk) for chunk in chunks]
+    return list(enumerate(units))
+
+
+def _nan_guard(finite: bool, bad: int, lr: float) -> int:
+    """Steps in a row with a non-finite loss, this one included (0: train on); raises at :data:`MAX_BAD_STEPS`."""
+    if finite:
+        return 0
+    if bad + 1 >= MAX_BAD_STEPS:
+        raise TrainingError(f"{bad + 1} steps in a row had a non-finite loss; lower --lr (now {lr:g})")
+    return bad + 1
+
+
+def _average_gradients(params: list[torch.Tensor], info: Any) -> None:
+    """Mean of each gradient over the ranks (torch.distributed all-reduce; no-op in a single process)."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= info.world_size
 
 
 def _category_ids(data: Any, category: str | None) -> set[int] | None:
@@ -500,7 +545,12 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
                 cache_seconds: float, out: Path, opts: FinetuneOptions, progress: Progress, rng: np.random.Generator,
                 ids: set[int] | None) -> FinetuneResult:
     """``--train prompt``: learn the task's prompt tokens with the whole model frozen; save them to tasks.pt."""
-    from edgesam_core.models.task_prompt import decode_task, initial_tokens, prompt_path_fingerprint, save_task
+    from edgesam_core.models.task_prompt import (
+        decode_task,
+        initial_tokens,
+        prompt_path_fingerprint,
+        save_task,
+    )
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -528,12 +578,9 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
                 parts.append(_mask_losses(logits.float(), iou.float(), train_truth[int(k)][None]))
             loss = torch.cat(parts).mean()
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                bad += 1
-                if bad >= MAX_BAD_STEPS:
-                    raise TrainingError(f"{bad} steps in a row had a non-finite loss; lower --lr (now {opts.lr:g})")
+            bad = _nan_guard(bool(torch.isfinite(loss)), bad, opts.lr)
+            if bad:
                 continue
-            bad = 0
             loss.backward()
             optimizer.step()
             seconds += time.perf_counter() - t0

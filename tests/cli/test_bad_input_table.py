@@ -67,6 +67,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("unknown-command", ["frobnicate"], 2, "frobnicate"),
     ("unknown-option", ["segment", "{ws}/photo.png", "--bogus"], 2, "--bogus"),
     # segment
+    ("segment-task-and-point", ["segment", "{ws}/photo.png", "--task", "x", "--point", "1,1", "--out", "{out}"], 2,
+     "--task"),
+    ("segment-task-without-tasks-file", ["segment", "{ws}/photo.png", "--checkpoint", "{ws}/tiny.pth", "--model",
+                                         "edge_sam_dyt_debug", "--task", "x", "--out", "{out}"], 2, "No tasks file"),
     ("segment-missing-image", ["segment", "{ws}/nope.jpg", "--point", "1,1", "--out", "{out}"], 2, "nope.jpg"),
     ("segment-bad-point", ["segment", "{ws}/photo.png", "--point", "1;1", "--out", "{out}"], 2, "--point"),
     ("segment-point-outside", ["segment", "{ws}/photo.png", "--point", "500,1", "--checkpoint", "{ws}/tiny.pth",
@@ -177,6 +181,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("demo-client-side-not-a-site", ["demo", "--client-side", "{ws}/photos", "--port", "0"], 2, "export-web"),
     ("demo-client-side-and-checkpoint", ["demo", "--client-side", "{ws}/photos", "--checkpoint", "{ws}/tiny.pth"],
      2, "--client-side"),
+    ("demo-not-a-tasks-file", ["demo", "--checkpoint", "{ws}/tiny.pth", "--model", "edge_sam_dyt_debug", "--tasks",
+                               "{ws}/binary.txt", "--port", "0"], 2, "not a tasks file"),
     ("demo-negative-upload", ["demo", "--checkpoint", "{ws}/tiny.pth", "--max-upload-mb", "-5"], 2,
      "--max-upload-mb"),
 ]

@@ -464,3 +464,39 @@ def test_cli_hq_flag_needs_an_hq_checkpoint(checkpoints, capsys, monkeypatch):
     code, _, stderr = _run_cli(["demo", "--checkpoint", str(checkpoints["edge_sam_dyt_debug"]), "--hq"],
                                capsys, monkeypatch)
     assert code == 2 and "Error: --hq needs an HQ model, but edge_sam_dyt_debug.pth is not one" in stderr
+
+
+def test_task_prompts_segment_with_no_click(checkpoints, tmp_path):
+    """demo --tasks: /api/info lists the tasks and /api/task returns the predictor's task mask, no click."""
+    import torch
+
+    from edgesam_core.demo.encoding import png_from_data_url
+    from edgesam_core.demo.server import serve
+    from edgesam_core.demo.session import DemoSession
+    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.models import build_sam
+    from edgesam_core.models.task_prompt import initial_tokens, prompt_path_fingerprint, save_task
+
+    checkpoint = checkpoints["edge_sam_dyt_debug"]
+    model = build_sam("edge_sam_dyt_debug", checkpoint)
+    tokens = initial_tokens(model) + 0.3 * torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    save_task(tmp_path / "tasks.pt", "blobs", tokens, fingerprint=prompt_path_fingerprint(model), category="")
+    session = DemoSession.from_checkpoint(checkpoint)
+    session.predictor.load_tasks(tmp_path / "tasks.pt")
+    image = scene()
+    with serve(session, port=0) as running:
+        status, info = request(running.url + "api/info")
+        assert status == 200 and info["tasks"] == ["blobs"]
+        status, up = request(running.url + "api/image", png_of(image), {"Content-Type": "image/png"})
+        assert status == 200
+        status, answer = post_json(running.url + "api/task", {"image_id": up["image_id"], "task": "blobs"})
+        assert status == 200 and answer["mode"] == "task" and len(answer["masks"]) == 1
+        status, bad = post_json(running.url + "api/task", {"image_id": up["image_id"], "task": "nope"})
+        assert status == 400 and "blobs" in bad["error"]
+    page = np.asarray(Image.open(io.BytesIO(png_from_data_url(answer["masks"][0]["png"])))) > 0
+    reference = load_predictor(checkpoint)
+    reference.load_tasks(tmp_path / "tasks.pt")
+    reference.set_image(image)
+    expected = reference.predict_task("blobs").masks[0]
+    assert 0 < expected.sum() < expected.size, "a trivial mask would make the comparison empty"
+    np.testing.assert_array_equal(page, expected)

@@ -73,6 +73,12 @@
     $("hq").disabled = !info.hq_toggle;
     if (info.is_hq && !info.hq_toggle) $("hq-label").title = "This backend returns only the HQ mask";
     $("everything").disabled = !info.everything;
+    $("task-controls").hidden = !(info.tasks && info.tasks.length);
+    for (const name of info.tasks || []) {
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      $("task").appendChild(option);
+    }
     if (!info.everything) $("everything").title = "This backend takes prompts only";
     setStatus("idle");
   }
@@ -158,6 +164,20 @@
       showMessage("");
     });
     if (state.pending) { state.pending = false; segment(); }
+  }
+
+  // A learned task prompt: the server runs the decoder with it, no click; the result shows like a click's.
+  async function runTask() {
+    if (!state.imageId || state.busy) return;
+    const started = performance.now();
+    await whileBusy(async () => {
+      const answer = await postJson("/api/task", { image_id: state.imageId, task: $("task").value });
+      Object.assign(state, { points: [], labels: [], box: null, everything: null, result: answer, index: 0 });
+      await render();
+      $("timing").textContent = "decoder " + answer.decode_ms.toFixed(1) + " ms · round trip " +
+        (performance.now() - started).toFixed(0) + " ms";
+      showMessage("Task " + $("task").value + ": no click needed");
+    });
   }
 
   async function everything() {
@@ -251,6 +271,7 @@
     $("hq").addEventListener("change", segment);
     $("clear").addEventListener("click", resetPrompts);
     $("everything").addEventListener("click", everything);
+    $("run-task").addEventListener("click", runTask);
     $("download-png").addEventListener("click", downloadPng);
     $("download-json").addEventListener("click", downloadJson);
     loadInfo();
