@@ -80,6 +80,8 @@ class SamPredictor:
         #: Fingerprint of the prompt encoder + mask decoder weights as loaded (task prompts are tied to it); taken
         #: before :meth:`to_inference_form` rewrites them.
         self._prompt_fingerprint: str | None = None
+        #: Learned task prompts by name (:meth:`load_tasks`), for :meth:`predict_task`.
+        self.tasks: dict[str, torch.Tensor] = {}
         self.reset_image()
 
     def to_inference_form(self, channels_last: bool | None = None) -> dict[str, int]:
@@ -317,7 +319,7 @@ class SamPredictor:
         from edgesam_core.models.task_prompt import decode_task
 
         self._require_image()
-        tasks = getattr(self, "tasks", {})
+        tasks = self.tasks
         if name not in tasks:
             raise InputError(f"No task {name!r}" + (f"; the tasks file has {', '.join(sorted(tasks))}" if tasks else
                                                     ": load a tasks file first (--tasks FILE)"))

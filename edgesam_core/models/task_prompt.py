@@ -27,9 +27,11 @@ def initial_tokens(sam: Any) -> torch.Tensor:
     """A starting task prompt: the prompt encoder's embedding of a box around the whole input and a point at its
     centre (3 tokens), so training starts from "the main object" rather than from noise."""
     size = float(sam.img_size)
+    device = sam.pixel_mean.device
     with torch.no_grad():
-        sparse, _ = sam.prompt_encoder(points=(torch.tensor([[[size / 2, size / 2]]]), torch.ones(1, 1)),
-                                       boxes=torch.tensor([[0.0, 0.0, size, size]]), masks=None)
+        sparse, _ = sam.prompt_encoder(points=(torch.tensor([[[size / 2, size / 2]]], device=device),
+                                               torch.ones(1, 1, device=device)),
+                                       boxes=torch.tensor([[0.0, 0.0, size, size]], device=device), masks=None)
     return sparse[0].clone()
 
 

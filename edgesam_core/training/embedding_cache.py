@@ -94,7 +94,7 @@ class FreshEmbeddings:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.folder = Path(".")
+        self.folder: Path | None = None  # nothing on disk
         self.hits = self.misses = 0
         self.encode_seconds = 0.0
         self.grad = False

@@ -450,9 +450,7 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         barrier(dist_info)
 
     speed = prompts_done / train_seconds if train_seconds else 0.0
-    cache_info = {"images": len(train_items) + len(val_items), "bytes": cache.size_bytes(),
-                  "seconds": round(cache_seconds, 2), "encoded": cache.misses, "reused": cache.hits,
-                  "folder": str(cache.folder)}
+    cache_info = _cache_info(cache, len(train_items) + len(val_items), cache_seconds)
     report = {"checkpoint": str(checkpoint), "model": opts.model_type, "weights": str(stem_path),
               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
               "train_images": len(train_items), "heldout_images": len(val_items),
@@ -599,9 +597,7 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
               model=opts.model_type, category=opts.category or "", heldout_miou=float(best["task"]),
               checkpoint=str(checkpoint))
     speed = seen / seconds if seconds else 0.0
-    cache_info = {"images": len(train_items) + len(val_items), "bytes": cache.size_bytes(),
-                  "seconds": round(cache_seconds, 2), "encoded": cache.misses, "reused": cache.hits,
-                  "folder": str(cache.folder)}
+    cache_info = _cache_info(cache, len(train_items) + len(val_items), cache_seconds)
     report = {"checkpoint": str(checkpoint), "model": opts.model_type, "task": opts.task, "category": opts.category,
               "tasks_file": str(tasks_path), "train_images": len(train_items), "heldout_images": len(val_items),
               "heldout_miou_before": before, "heldout_miou_best": best, "best_epoch": best_epoch, "history": history,
@@ -611,6 +607,12 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     plot = _plot(history, before, out / f"task_{opts.task}_miou.png", kinds=("task",))
     return FinetuneResult(tasks_path, report_path, plot, before, best, best_epoch, history, speed, cache_info)
+
+
+def _cache_info(cache: Any, images: int, seconds: float) -> dict[str, Any]:
+    """What the report says about the embeddings: size on disk, time to fill, encoded vs reused lookups."""
+    return {"images": images, "bytes": cache.size_bytes(), "seconds": round(seconds, 2), "encoded": cache.misses,
+            "reused": cache.hits, "folder": str(cache.folder) if cache.folder else None}
 
 
 def _overall(miou: dict[str, float]) -> float:
