@@ -97,3 +97,35 @@ def previous_pair(model, x, emb, out: Path) -> dict[str, Path]:
         onnx.save(simplified, str(paths["encoder"]))
         _export_decoder(old, emb, None, paths["decoder"], OnnxExportOptions(opset=17), False, [])
     return paths
+
+
+def sample_photos(folder: Path, count: int = 8) -> Path:
+    """Crops of matplotlib's sample photos (real images, no download), saved as PNGs."""
+    import matplotlib.cbook as cbook
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [np.asarray(Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB"))
+              for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        Image.fromarray(photo[y:y + ch, x:x + cw]).save(folder / f"crop_{i:02d}.png")
+    return folder
+
+
+def calibration_split(images: Path | None, work: Path, held_out: int) -> tuple[Path, list[Path], int]:
+    """``images`` (sorted; default :func:`sample_photos`) split into a calibration folder of links under ``work``
+    and the last ``held_out`` images: ``(calibration folder, held-out image paths, calibration count)``."""
+    from edgesam_core.inference.image_io import list_images
+
+    photos = list_images(images or sample_photos(work / "photos"))
+    calib = work / "calib"
+    calib.mkdir()
+    for p in photos[:-held_out]:
+        (calib / p.name).symlink_to(p.resolve())
+    return calib, photos[-held_out:], len(photos) - held_out

@@ -64,7 +64,7 @@ def main() -> None:
     from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx, prepare_image
     from edgesam_core.inference import SamAutomaticMaskGenerator, SamPredictor
     from edgesam_core.inference.onnx_predictor import OnnxSamPredictor, pack_prompts
-    from edgesam_core.inference.prompts import FAST_EVERYTHING
+    from edgesam_core.inference.segment_prompts import FAST_EVERYTHING
 
     model = build_model(args.model, args.checkpoint, spread=0.0 if args.checkpoint else 0.05)
     photo = _photo()

@@ -23,7 +23,7 @@ import torch
 def _bench_step(step: str, steps: int, warmup: int, batch: int, prompts: int, device: torch.device) -> dict:
     from edgesam_core.config import load_config
     from edgesam_core.models import build_sam
-    from edgesam_core.training import weights
+    from edgesam_core.training import student_init as weights
     from edgesam_core.training.engine import resolve_amp
     from edgesam_core.training.optim import build_optimizer
     from edgesam_core.training.steps import Batch, decoder_losses, encoder_losses

@@ -37,25 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import build_model, emit_json, scratch_dir  # noqa: E402
-
-
-def _sample_photos(folder: Path, count: int = 8) -> Path:
-    """Crops of matplotlib's sample photos (real images, no download), saved as PNGs."""
-    import matplotlib.cbook as cbook
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = [np.asarray(Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB"))
-              for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")]
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        Image.fromarray(photo[y:y + ch, x:x + cw]).save(folder / f"crop_{i:02d}.png")
-    return folder
+from benchmarks._common import build_model, calibration_split, emit_json, scratch_dir  # noqa: E402
 
 
 def _artifacts(model: Any, name: str, calib: Path, count: int, work: Path) -> dict[str, Any]:
@@ -175,18 +157,13 @@ def main() -> None:
     from edgesam_core.export.quantize import int8_fidelity
     from edgesam_core.inference import SamPredictor
     from edgesam_core.inference.exported_predictor import preprocess
-    from edgesam_core.inference.image_io import list_images, load_image
+    from edgesam_core.inference.image_io import load_image
 
     work = scratch_dir()
     litert = (not args.no_litert and importlib.util.find_spec("tensorflow") is not None
               and importlib.util.find_spec("onnx2tf") is not None)
-    photos = list_images(args.calib or _sample_photos(work / "photos"))
-    calib_dir = work / "calib"
-    calib_dir.mkdir()
-    for p in photos[:-args.held_out]:
-        (calib_dir / p.name).symlink_to(p.resolve())
-    held = [load_image(p) for p in photos[-args.held_out:]]
-    n_calib = len(photos) - args.held_out
+    calib_dir, held_paths, n_calib = calibration_split(args.calib, work, args.held_out)
+    held = [load_image(p) for p in held_paths]
 
     models = {args.model: args.checkpoint, args.compare: args.compare_checkpoint}
     built = {v: build_model(v, c, spread=0.0 if c else args.spread) for v, c in models.items()}
@@ -199,7 +176,7 @@ def main() -> None:
                          "count": n_calib, "work": str(work / variant / "litert")})
         parent, child = multiprocessing.get_context("spawn").Pipe()
         worker = multiprocessing.get_context("spawn").Process(
-            target=_litert_worker, args=(child, jobs, [str(p) for p in photos[-args.held_out:]], args.prompts,
+            target=_litert_worker, args=(child, jobs, [str(p) for p in held_paths], args.prompts,
                                          args.threads))
         worker.start()
         child.close()  # the worker holds the only other end: its death ends recv() with EOFError

@@ -414,7 +414,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Progress | None = None)
         raise ConfigError(f"Unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     if settings.runs < 1 or settings.warmup < 0:
         raise ConfigError(f"--runs must be >= 1 and --warmup >= 0 (got {settings.runs} and {settings.warmup})")
-    from .inference.load import resolve_device
+    from .inference.artifact_loader import resolve_device
 
     resolve_device(settings.device)  # a missing GPU is an error for the whole run (exit code 3), not a skip
     if settings.threads:

@@ -39,7 +39,7 @@ def decoder_source_for(checkpoint: str | Path, decoder_from: str | Path | None =
 
     if not checkpoint_is_encoder_only(checkpoint):
         return None
-    from .weights import ensure_weights, get_entry
+    from .weight_registry import ensure_weights, get_entry
 
     progress = progress or NullProgress()
     entry = get_entry(DEFAULT_DECODER_WEIGHTS)

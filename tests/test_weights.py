@@ -16,7 +16,7 @@ from edgesam_core.download import part_path
 from edgesam_core.errors import ConfigError, DownloadError, UnknownVariantError
 from edgesam_core.models.build import _build_sam
 from edgesam_core.models.variants import list_variants, resolve_variant
-from edgesam_core.weights import REGISTRY, WeightsEntry, cache_dir, ensure_weights, get_entry, verify_weights
+from edgesam_core.weight_registry import REGISTRY, WeightsEntry, cache_dir, ensure_weights, get_entry, verify_weights
 from tests.helpers.httpserver import FileServer
 
 

@@ -21,8 +21,8 @@ EXAMPLES = """
   [dim]# two processes (torch.distributed: each takes half of every epoch's steps, gradients averaged)[/dim]
   torchrun --nproc_per_node 2 -m edgesam_cli finetune --data my_parts/ weights/edge_sam_dyt.pth --out ft/
 
-  [dim]# a task prompt: the class "leaf" with no click (tokens only; saved in ft/tasks.pt)[/dim]
-  edgesam finetune --data my_parts/ ft/edge_sam_dyt_finetuned.pth --out ft/ --train prompt --task leaves --category leaf --lr 3e-3
+  [dim]# a task prompt: the class "leaf" with no click (tokens + dense head; saved in ft/tasks.pt)[/dim]
+  edgesam finetune --data my_parts/ ft/edge_sam_dyt_finetuned.pth --out ft/ --train prompt --task leaves --category leaf --task-dense --lr 1e-2
 
   [dim]# then: the same held-out images, before and after, with evaluate; export as usual[/dim]
   edgesam evaluate --checkpoint ft/edge_sam_dyt_finetuned.pth --data folder --data-root my_parts/
@@ -52,6 +52,9 @@ def command(
         "--task", help="--train prompt: the task's name in <out>/tasks.pt (segment --task NAME).")] = None,
     category: Annotated[str | None, typer.Option(
         "--category", help="--train prompt: the class the task segments (default: every object).")] = None,
+    task_dense: Annotated[bool, typer.Option(
+        "--task-dense", help="--train prompt: also learn a dense head (a 1x1 convolution of the image embedding "
+                             "that tells the decoder where to look; 64k more numbers for full-size models).")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training images.")] = 10,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Objects per step (of one image).")] = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 1e-4,
@@ -71,7 +74,8 @@ def command(
 
     opts = FinetuneOptions(model_type=model or variant_for(checkpoint, "edge_sam_dyt"), train=train, epochs=epochs,
                            batch=batch, lr=lr, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir,
-                           device=device, task=task, category=category, lora_rank=lora_rank)
+                           device=device, task=task, category=category, task_dense=task_dense,
+                           lora_rank=lora_rank)
     dataset = open_user_dataset(data)
     with RichProgress() as progress:
         result = finetune(checkpoint, dataset, out, opts, progress=progress, resume=resume)

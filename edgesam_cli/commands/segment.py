@@ -83,7 +83,7 @@ def command(
 
     from edgesam_cli.console import RichProgress, err_console, out_console
     from edgesam_core.errors import InputError
-    from edgesam_core.inference.prompts import build_prompts
+    from edgesam_core.inference.segment_prompts import build_prompts
     from edgesam_core.inference.segment_job import (
         execute_plan,
         fetch_checkpoint,

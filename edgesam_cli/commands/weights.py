@@ -55,7 +55,7 @@ def list_command(
 
     from rich.table import Table
 
-    from edgesam_core.weights import cache_dir, list_weights
+    from edgesam_core.weight_registry import cache_dir, list_weights
 
     rows = list_weights()
     if json_out:
@@ -77,7 +77,7 @@ def download_command(
 ) -> None:
     """Download, verify (size, SHA-256, loads as its variant) and cache one checkpoint; prints its path."""
     from edgesam_cli.console import RichProgress
-    from edgesam_core.weights import ensure_weights
+    from edgesam_core.weight_registry import ensure_weights
 
     with RichProgress(transfer=True) as progress:
         path = ensure_weights(name, progress=progress, force=force)

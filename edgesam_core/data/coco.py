@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesam_core.data.prompt_dataset import PromptDataset, RawSample, load_json, load_rgb
-from edgesam_core.data.prompts import box_centers, decode_segmentation, mask_center_point, xywh_to_xyxy
+from edgesam_core.data.prompt_sampling import box_centers, decode_segmentation, mask_center_point, xywh_to_xyxy
 from edgesam_core.errors import DatasetError
 
 POINT_SOURCES = ("none", "mask_center", "box_center")

@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from edgesam_core.data.prompt_dataset import PromptDataset, RawSample, load_rgb, logger
-from edgesam_core.data.prompts import prompt_rng, sample_hq_prompt
+from edgesam_core.data.prompt_sampling import prompt_rng, sample_hq_prompt
 from edgesam_core.errors import ConfigError, DatasetError
 
 HQSEG_HINT = ("HQSeg-44K is the data/ folder of https://huggingface.co/sam-hq-team/sam-hq-training (e.g. "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgesam_core.data.prompts import decode_segmentation, prompt_rng, sample_prompt_indices, xywh_to_xyxy
+from edgesam_core.data.prompt_sampling import decode_segmentation, prompt_rng, sample_prompt_indices, xywh_to_xyxy
 from edgesam_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)

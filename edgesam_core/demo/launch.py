@@ -49,7 +49,7 @@ def fetch_weights(plan: DemoPlan, progress: Progress | None = None) -> Path:
     """Fill ``plan.checkpoint`` with the cached or downloaded published weights of ``plan.variant``."""
     if plan.checkpoint is None:
         from edgesam_core.inference.segment_job import DEFAULT_MODEL
-        from edgesam_core.weights import ensure_weights
+        from edgesam_core.weight_registry import ensure_weights
 
         plan.checkpoint = Path(ensure_weights(plan.variant or DEFAULT_MODEL, progress=progress or NullProgress()))
     return plan.checkpoint

@@ -229,7 +229,7 @@ class DemoSession:
     def from_checkpoint(cls, checkpoint: str | Path, model: str | None = None, device: str = "cpu",
                         **kwargs: Any) -> DemoSession:
         """Open ``checkpoint`` (``.pth``/``.onnx``/``.tflite``/``.engine``/``.pte``) with ``load_predictor``."""
-        from edgesam_core.inference.load import load_predictor
+        from edgesam_core.inference.artifact_loader import load_predictor
 
         predictor = load_predictor(checkpoint, model=model, device=device)
         variant = getattr(getattr(predictor, "model", None), "variant", None)

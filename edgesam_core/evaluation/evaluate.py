@@ -25,7 +25,7 @@ from ..errors import ConfigError, EdgeSamError
 from ..inference.base import Predictor
 from ..progress import NullProgress, Progress
 from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
-from .prompts import PROMPT_TYPES, Prompt, make_prompt
+from .eval_prompts import PROMPT_TYPES, Prompt, make_prompt
 from .samples import EvalObject, EvalSample
 from .upstream import upstream_click, upstream_iou, upstream_mask_center, upstream_subset, upstream_target
 

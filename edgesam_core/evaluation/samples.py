@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.prompts import decode_segmentation
+from ..data.prompt_sampling import decode_segmentation
 from ..errors import DatasetError
 
 DATASETS: tuple[str, ...] = ("sa1b", "coco", "folder")

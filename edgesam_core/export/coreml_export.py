@@ -124,7 +124,7 @@ def export_coreml(checkpoint: str | Path | None, model_type: str | None, opts: C
     if model is None:
         if checkpoint is None or not checkpoint.is_file():
             raise InputError(f"Checkpoint not found: {checkpoint}")
-        from edgesam_core.inference.load import load_torch_predictor
+        from edgesam_core.inference.artifact_loader import load_torch_predictor
 
         model = load_torch_predictor(checkpoint, model=model_type, fast=False).model
     model = model.eval()

@@ -221,7 +221,7 @@ def export_executorch(checkpoint: str | Path | None, model_type: str | None, opt
     if model is None:
         if checkpoint is None or not checkpoint.is_file():
             raise InputError(f"Checkpoint not found: {checkpoint}")
-        from edgesam_core.inference.load import load_torch_predictor
+        from edgesam_core.inference.artifact_loader import load_torch_predictor
 
         model = load_torch_predictor(checkpoint, model=model_type, fast=False).model
     model = model.eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgesam_core.errors import InputError
 from edgesam_core.progress import Progress
-from edgesam_core.weights import HOME_ENV
+from edgesam_core.weight_registry import HOME_ENV
 
 #: Registry base URL; ``EDGESAM_NPM_REGISTRY`` points at a mirror (or a local folder of ``.tgz`` files).
 REGISTRY_ENV = "EDGESAM_NPM_REGISTRY"

@@ -19,17 +19,17 @@ from edgesam_core.errors import ExportParityError, InputError
 
 
 class TaskDecoderForExport(nn.Module):
-    """``image_embeddings -> (scores, masks)`` for one task prompt (the tokens are constants of the graph)."""
+    """``image_embeddings -> (scores, masks)`` for one task prompt (its tensors are constants of the graph)."""
 
-    def __init__(self, sam: Any, tokens: torch.Tensor) -> None:
+    def __init__(self, sam: Any, prompt: Any) -> None:
         super().__init__()
         self.sam = sam
-        self.register_buffer("tokens", tokens.detach().clone().float())
+        self.prompt = prompt
 
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from edgesam_core.models.task_prompt import decode_task
 
-        masks, iou = decode_task(self.sam, image_embeddings, self.tokens)
+        masks, iou = decode_task(self.sam, image_embeddings, self.prompt)
         return iou, masks
 
 
@@ -42,13 +42,14 @@ class TaskExportResult:
     parity: Any
 
 
-def task_tokens(tasks_file: str | Path, name: str, model: Any) -> torch.Tensor:
-    """The tokens of task ``name`` from ``tasks_file``, checked to belong to ``model``'s decoder weights.
+def task_prompt(tasks_file: str | Path, name: str, model: Any) -> Any:
+    """The :class:`TaskPrompt` of task ``name`` from ``tasks_file``, checked to belong to ``model``'s decoder
+    weights.
 
     Raises:
         InputError: no such file or task, or a task trained for other weights.
     """
-    from edgesam_core.models.task_prompt import load_task_file, prompt_path_fingerprint
+    from edgesam_core.models.task_prompt import TaskPrompt, load_task_file, prompt_path_fingerprint
 
     try:
         tasks = load_task_file(tasks_file)
@@ -60,10 +61,13 @@ def task_tokens(tasks_file: str | Path, name: str, model: Any) -> torch.Tensor:
     if tasks[name].get("fingerprint") != prompt_path_fingerprint(model):
         raise InputError(f"task {name!r} in {tasks_file} was trained for other decoder weights than this "
                          "checkpoint's; export the checkpoint it was trained on")
-    return tasks[name]["tokens"].float()
+    try:
+        return TaskPrompt.from_entry(tasks[name])
+    except ValueError as exc:
+        raise InputError(f"{tasks_file}: task {name!r}: {exc}; train it again") from exc
 
 
-def export_task_decoder(model: Any, tokens: torch.Tensor, name: str, out_dir: Path, stem: str, opset: int,
+def export_task_decoder(model: Any, prompt: Any, name: str, out_dir: Path, stem: str, opset: int,
                         tolerance: float, embedding: torch.Tensor) -> TaskExportResult:
     """Trace the task decoder, check it in ONNX Runtime against the float64 model, then move it into place.
 
@@ -82,14 +86,15 @@ def export_task_decoder(model: Any, tokens: torch.Tensor, name: str, out_dir: Pa
     staged = path.with_name(f".{path.name}.partial")
     try:
         with torch.no_grad():
-            torch_onnx_export(TaskDecoderForExport(model, tokens).eval(), (embedding,), staged, ["image_embeddings"],
+            torch_onnx_export(TaskDecoderForExport(model, prompt).eval(), (embedding,), staged, ["image_embeddings"],
                               ["scores", "masks"], {}, opset)
             scores, masks = create_session(staged).run(None, {"image_embeddings": embedding.numpy()})
             model64 = copy.deepcopy(model).double().eval()
             noisy = P.with_runtime_noise(model)
-            ref = [t.numpy() for t in decode_task(model64, embedding.double(), tokens.double())]
-            f32 = [t.numpy() for t in decode_task(model, embedding, tokens)]
-            f32n = [t.numpy() for t in decode_task(noisy, embedding, tokens)]
+            prompt64 = copy.deepcopy(prompt).double()
+            ref = [t.numpy() for t in decode_task(model64, embedding.double(), prompt64)]
+            f32 = [t.numpy() for t in decode_task(model, embedding, prompt)]
+            f32n = [t.numpy() for t in decode_task(noisy, embedding, prompt)]
         report = P.ParityReport(tolerance)
         report.add(f"task_{name}", "photo-like image", "masks", masks, ref[0], fp32=[f32[0], f32n[0]])
         report.add(f"task_{name}", "photo-like image", "scores", scores, ref[1], fp32=[f32[1], f32n[1]])
@@ -119,9 +124,9 @@ def export_task(checkpoint: str | Path, model_type: str, name: str, tasks_file: 
     if model.is_hq:
         raise InputError("task prompts are trained for plain (non-HQ) models; export the checkpoint they were "
                          "trained on")
-    tokens = task_tokens(tasks_file or checkpoint.parent / "tasks.pt", name, model)
+    prompt = task_prompt(tasks_file or checkpoint.parent / "tasks.pt", name, model)
     with torch.no_grad():
         embedding = model.encode_image(prepare_image(model, synthetic_image()))
     folder = Path(out_dir) if out_dir else checkpoint.parent
     folder.mkdir(parents=True, exist_ok=True)
-    return export_task_decoder(model, tokens, name, folder, checkpoint.stem, opset, tolerance, embedding)
+    return export_task_decoder(model, prompt, name, folder, checkpoint.stem, opset, tolerance, embedding)

@@ -16,7 +16,7 @@ _LAZY = {
     "Predictor": "edgesam_core.inference.base",
     "Prediction": "edgesam_core.inference.base",
     "ExportedSamPredictor": "edgesam_core.inference.exported_predictor",
-    "load_predictor": "edgesam_core.inference.load",
+    "load_predictor": "edgesam_core.inference.artifact_loader",
     "load_image": "edgesam_core.inference.image_io",
 }
 

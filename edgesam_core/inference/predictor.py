@@ -290,7 +290,7 @@ class SamPredictor:
             InputError: not a tasks file, no task in it, or tasks trained with other decoder weights.
         """
         from edgesam_core.errors import InputError
-        from edgesam_core.models.task_prompt import load_task_file, prompt_path_fingerprint
+        from edgesam_core.models.task_prompt import TaskPrompt, load_task_file, prompt_path_fingerprint
 
         try:
             tasks = load_task_file(path)
@@ -304,7 +304,10 @@ class SamPredictor:
         if foreign:
             raise InputError(f"{path}: task(s) {', '.join(foreign)} were trained for other decoder weights than this "
                              "checkpoint's; use the checkpoint they were trained on, or train them again")
-        self.tasks = {name: t["tokens"].to(self.device) for name, t in tasks.items()}
+        try:
+            self.tasks = {name: TaskPrompt.from_entry(t).to(self.device) for name, t in tasks.items()}
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}; train the task again with 'edgesam finetune --train prompt'") from exc
         return sorted(self.tasks)
 
     @torch.no_grad()

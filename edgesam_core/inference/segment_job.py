@@ -24,7 +24,7 @@ import numpy as np
 from edgesam_core.errors import EdgeSamError, InputError
 from edgesam_core.inference.image_io import list_images, load_image
 from edgesam_core.inference.overlay import render_overlay
-from edgesam_core.inference.prompts import FAST_EVERYTHING, SegmentPrompts, check_prompts_fit
+from edgesam_core.inference.segment_prompts import FAST_EVERYTHING, SegmentPrompts, check_prompts_fit
 from edgesam_core.progress import NullProgress, Progress
 
 
@@ -287,7 +287,7 @@ def segment_images(
     Args:
         source: an image file or a folder of images.
         predictor: a :class:`~edgesam_core.inference.base.Predictor`.
-        prompts: parsed prompts (see :func:`edgesam_core.inference.prompts.build_prompts`).
+        prompts: parsed prompts (see :func:`edgesam_core.inference.segment_prompts.build_prompts`).
         out_dir: output folder (created).
         multimask: see :func:`predict_prompts`.
         meta: extra fields for each JSON (model, checkpoint).
@@ -490,7 +490,7 @@ def resolve_model_source(checkpoint: Path | None, model: str | None, hq: bool,
     else:
         variant = model  # recognised from the checkpoint (PyTorch) or defined by the exported graphs
     if is_torch:
-        from edgesam_core.inference.load import resolve_device
+        from edgesam_core.inference.artifact_loader import resolve_device
 
         device = resolve_device(device)  # before any download: a missing GPU is reported first
     return (None if checkpoint is None else Path(checkpoint)), variant, device, is_torch
@@ -499,7 +499,7 @@ def resolve_model_source(checkpoint: Path | None, model: str | None, hq: bool,
 def fetch_checkpoint(plan: SegmentPlan, progress: Progress | None = None) -> Path:
     """Fill ``plan.checkpoint`` with the published weights of ``plan.variant`` when none was given."""
     if plan.checkpoint is None:
-        from edgesam_core.weights import ensure_weights
+        from edgesam_core.weight_registry import ensure_weights
 
         plan.checkpoint = Path(ensure_weights(plan.variant or DEFAULT_MODEL, progress=progress or NullProgress()))
     return plan.checkpoint
@@ -508,7 +508,7 @@ def fetch_checkpoint(plan: SegmentPlan, progress: Progress | None = None) -> Pat
 def execute_plan(plan: SegmentPlan, progress: Progress | None = None) -> SegmentReport:
     """Load the model and segment every image of ``plan``."""
     from edgesam_core.errors import ConfigError
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     checkpoint = fetch_checkpoint(plan)
     options = {"decoder_source": plan.decoder_source} if plan.decoder_source is not None else {}
@@ -546,7 +546,7 @@ def run_segment(
     """Everything ``edgesam segment`` does: :func:`plan_segment`, :func:`fetch_checkpoint`, :func:`execute_plan`.
 
     Without ``checkpoint`` the published weights of the variant are fetched with
-    :func:`edgesam_core.weights.ensure_weights`.
+    :func:`edgesam_core.weight_registry.ensure_weights`.
     """
     plan = plan_segment(source, prompts, out_dir, model, checkpoint, device, hq, multimask)
     fetch_checkpoint(plan, progress)

@@ -133,6 +133,18 @@ class TanhGeluFormula(nn.Module):
         return x * torch.sigmoid(x * (self.C1 + self.C2 * (x * x)))
 
 
+class FastTanhGelu(TanhGeluFormula):
+    """:class:`TanhGeluFormula` for PyTorch inference: the same formula in one scratch tensor, updated in
+    place (the input is left as it is). PyTorch's own tanh GELU runs ~2x slower on CPUs (measured 1.2 vs
+    0.6 ms on the decoder's 1x32x256x256 upscaling); with autograd it falls back to the plain formula."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        u = x * x
+        return u.mul_(self.C2).add_(self.C1).mul_(x).sigmoid_().mul_(x)
+
+
 def spell_out_tanh_gelu(model: nn.Module) -> int:
     """Replace every ``GELU(approximate='tanh')`` below ``model`` by :class:`TanhGeluFormula`; returns how many."""
     count = 0
@@ -168,6 +180,12 @@ class BatchedMLPs(nn.Module):
             if i < len(self.weights) - 1:
                 x = F.relu(x)
         return x.transpose(0, 1)
+
+
+def _tanh_gelus(module: nn.Module) -> bool:
+    """Whether every GELU below ``module`` is the tanh approximation (and there is one)."""
+    gelus = [m for m in module.modules() if isinstance(m, nn.GELU)]
+    return bool(gelus) and all(m.approximate == "tanh" for m in gelus)
 
 
 def _is_stride2_deconv(module: nn.Module) -> bool:
@@ -245,7 +263,7 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
     model.eval()
     done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0,
             "channels_first_transformer": 0, "sigmoid_dyts": 0,
-            "batched_hypernetworks": 0}
+            "batched_hypernetworks": 0, "fast_gelus": 0}
     encoder = getattr(model, "image_encoder", None)
     if isinstance(encoder, RepViTEncoder):
         from .image_encoder_repvit import RepVGGDW
@@ -278,6 +296,8 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
         # feature paths) GEMM + pixel shuffle, ~25 % faster than NCHW deconvolutions; ONNX Runtime runs its
         # ConvTranspose faster than MatMul + DepthToSpace (measured 41 vs 55 ms per click), so exports keep them.
         upscaling = getattr(decoder, "output_upscaling", None)
+        if upscaling is not None:
+            done["fast_gelus"] = _replace(upscaling, nn.GELU, lambda m: FastTanhGelu()) if _tanh_gelus(upscaling) else 0
         if upscaling is not None and next(decoder.parameters()).device.type == "cpu":
             decoder.output_upscaling = ChannelsLastUpscaling(upscaling)
             done["deconvs"] = sum(_is_stride2_deconv(m) for m in upscaling.modules())

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgesam_core.config.load import config_to_dict
+from edgesam_core.config.config_loader import config_to_dict
 from edgesam_core.config.schema import DistillConfig
 from edgesam_core.errors import ConfigError, DatasetError
 from edgesam_core.progress import NullProgress, Progress
-from edgesam_core.training import weights
+from edgesam_core.training import student_init
 from edgesam_core.training.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from edgesam_core.training.engine import Engine
 from edgesam_core.training.optim import CosineSchedule, build_optimizer, scaled_lr
@@ -175,10 +175,10 @@ class DistillRecipe:
             want = "an HQ student and teacher (edge_sam_dyt_hq, vit_h_hq)" if hq_step else "non-HQ models"
             raise ConfigError(f"Step {cfg.step} needs {want}; got student {cfg.model.student} and teacher "
                               f"{cfg.model.teacher} (--model / --teacher).")
-        counts = weights.initialise_student(student, cfg.step, init, self.teacher.state_dict())
-        trainable = weights.freeze_for_step(student, cfg.step)
+        counts = student_init.initialise_student(student, cfg.step, init, self.teacher.state_dict())
+        trainable = student_init.freeze_for_step(student, cfg.step)
         self.student = student.to(info.device)
-        weights.set_train_mode(self.student, cfg.step, cfg.train.eval_bn)
+        student_init.set_train_mode(self.student, cfg.step, cfg.train.eval_bn)
         if info.is_main:
             src = f"{counts['init']} tensors from {init}" if init else "no --init (random encoder)"
             self.progress.log(f"step {cfg.step}: student {cfg.model.student}, {src}, {counts['teacher']} from the "

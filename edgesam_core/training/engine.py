@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgesam_core.config.load import config_to_dict
+from edgesam_core.config.config_loader import config_to_dict
 from edgesam_core.config.schema import DistillConfig
 from edgesam_core.errors import ConfigError, TrainingError
 from edgesam_core.progress import NullProgress, Progress

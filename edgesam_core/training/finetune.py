@@ -56,6 +56,8 @@ class FinetuneOptions:
     #: ``--train prompt``: the task's name in ``<out>/tasks.pt`` and the class it segments (None: every object).
     task: str | None = None
     category: str | None = None
+    #: ``--train prompt``: also learn a dense head (a 1x1 convolution of the image embedding) with the tokens.
+    task_dense: bool = False
     #: ``--train encoder+decoder``: rank of the encoder's low-rank adapters (merged into the weights at the end).
     lora_rank: int = 8
 
@@ -64,8 +66,8 @@ class FinetuneOptions:
             raise ConfigError(f"--train {self.train!r} is not available; choose one of {', '.join(TRAINABLE)}")
         if self.train == "prompt" and not (self.task and self.task.replace("_", "").replace("-", "").isalnum()):
             raise ConfigError("--train prompt needs --task NAME (letters, digits, - and _), the name to segment by")
-        if self.train != "prompt" and (self.task or self.category):
-            raise ConfigError("--task and --category go with --train prompt")
+        if self.train != "prompt" and (self.task or self.category or self.task_dense):
+            raise ConfigError("--task, --category and --task-dense go with --train prompt")
         if self.epochs < 1 or self.batch < 1:
             raise ConfigError("--epochs and --batch must be at least 1")
         if not 0 < self.val_fraction < 1:
@@ -265,7 +267,7 @@ def train_step(model: Any, embedding: torch.Tensor, targets: list[Target], rng: 
 def heldout_miou(model: Any, items: list[Item], cache: Any, load: Any) -> dict[str, float]:
     """mIoU x100 at the original resolution: ``box`` (exact GT box, single output) and ``point`` (GT centre
     point, the IoU head's pick of 3), overall and per COCO size bucket (``point/small`` ...)."""
-    from edgesam_core.data.prompts import mask_center_point
+    from edgesam_core.data.prompt_sampling import mask_center_point
     from edgesam_core.data.transforms import ResizeLongestSide
     from edgesam_core.evaluation.metrics import mask_iou, size_bucket
 
@@ -524,7 +526,7 @@ def _union(item: Item, ids: set[int] | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def heldout_task_miou(model: Any, items: list[Item], cache: Any, tokens: torch.Tensor,
+def heldout_task_miou(model: Any, items: list[Item], cache: Any, prompt: Any,
                       truths: list[np.ndarray]) -> float:
     """mIoU x100 over images of the task prompt's mask (no click) against the task's ground truth."""
     from edgesam_core.evaluation.metrics import mask_iou
@@ -533,7 +535,7 @@ def heldout_task_miou(model: Any, items: list[Item], cache: Any, tokens: torch.T
     values = []
     for item, truth in zip(items, truths):
         embedding = cache.get(item.path, lambda it=item: _load_rgb(it))
-        logits, _ = decode_task(model, embedding, tokens)
+        logits, _ = decode_task(model, embedding, prompt)
         full = model.postprocess_masks(logits, item.input_size, item.original_size)[0, 0] > 0
         values.append(mask_iou(full.numpy(), truth))
     return round(100.0 * float(np.mean(values)), 2)
@@ -542,8 +544,12 @@ def heldout_task_miou(model: Any, items: list[Item], cache: Any, tokens: torch.T
 def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val_items: list[Item], cache: Any,
                 cache_seconds: float, out: Path, opts: FinetuneOptions, progress: Progress, rng: np.random.Generator,
                 ids: set[int] | None) -> FinetuneResult:
-    """``--train prompt``: learn the task's prompt tokens with the whole model frozen; save them to tasks.pt."""
+    """``--train prompt``: learn the task's prompt (tokens, and a dense head with ``task_dense``) with the whole
+    model frozen; save it to tasks.pt."""
+    import copy
+
     from edgesam_core.models.task_prompt import (
+        TaskPrompt,
         decode_task,
         initial_tokens,
         prompt_path_fingerprint,
@@ -554,12 +560,12 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
         p.requires_grad_(False)
     img_size = int(model.img_size)
     low_res = 4 * int(model.prompt_encoder.image_embedding_size[0])
-    tokens = torch.nn.Parameter(initial_tokens(model))
-    optimizer = torch.optim.AdamW([tokens], lr=opts.lr, weight_decay=0.0)
+    prompt = TaskPrompt(initial_tokens(model), dense=opts.task_dense)
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=opts.lr, weight_decay=0.0)
     train_truth = [low_res_target(_union(i, ids), img_size, low_res) for i in train_items]
     val_truth = [_union(i, ids) for i in val_items]
-    before = {"task": heldout_task_miou(model, val_items, cache, tokens, val_truth)}
-    best, best_epoch, best_tokens = before, 0, tokens.detach().clone()
+    before = {"task": heldout_task_miou(model, val_items, cache, prompt, val_truth)}
+    best, best_epoch, best_prompt = before, 0, copy.deepcopy(prompt)
     history: list[dict[str, Any]] = []
     seen, seconds, bad = 0, 0.0, 0
     for epoch in range(1, opts.epochs + 1):
@@ -572,7 +578,7 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
             for k in order[lo:lo + opts.batch]:
                 item = train_items[int(k)]
                 embedding = cache.get(item.path, lambda it=item: _load_rgb(it))
-                logits, iou = decode_task(model, embedding, tokens)
+                logits, iou = decode_task(model, embedding, prompt)
                 parts.append(_mask_losses(logits.float(), iou.float(), train_truth[int(k)][None]))
             loss = torch.cat(parts).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -586,20 +592,21 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
             losses.append(float(loss.detach()))
             progress.advance(task)
         progress.finish(task)
-        miou = {"task": heldout_task_miou(model, val_items, cache, tokens, val_truth)}
+        miou = {"task": heldout_task_miou(model, val_items, cache, prompt, val_truth)}
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5),
                         "miou": miou})
         progress.log(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, held-out task mIoU {miou['task']:.1f}")
         if miou["task"] > best["task"]:
-            best, best_epoch, best_tokens = miou, epoch, tokens.detach().clone()
+            best, best_epoch, best_prompt = miou, epoch, copy.deepcopy(prompt)
     tasks_path = out / "tasks.pt"
-    save_task(tasks_path, str(opts.task), best_tokens, fingerprint=prompt_path_fingerprint(model),
+    save_task(tasks_path, str(opts.task), best_prompt, fingerprint=prompt_path_fingerprint(model),
               model=opts.model_type, category=opts.category or "", heldout_miou=float(best["task"]),
               checkpoint=str(checkpoint))
     speed = seen / seconds if seconds else 0.0
     cache_info = _cache_info(cache, len(train_items) + len(val_items), cache_seconds)
     report = {"checkpoint": str(checkpoint), "model": opts.model_type, "task": opts.task, "category": opts.category,
-              "tasks_file": str(tasks_path), "train_images": len(train_items), "heldout_images": len(val_items),
+              "dense_head": opts.task_dense, "tasks_file": str(tasks_path), "train_images": len(train_items),
+              "heldout_images": len(val_items),
               "heldout_miou_before": before, "heldout_miou_best": best, "best_epoch": best_epoch, "history": history,
               "images_per_second": round(speed, 2), "embedding_cache": cache_info}
     (out / "heldout_images.txt").write_text("".join(f"{i.path.name}\n" for i in val_items))

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgesam_core.config.schema import DistillConfig
 from edgesam_core.training.losses import embedding_mse_loss, gt_mask_losses, mask_distill_losses, padding_valid_mask
-from edgesam_core.training.prompts import choose_prompt_kind, sample_refinement_points
+from edgesam_core.training.refinement_clicks import choose_prompt_kind, sample_refinement_points
 from edgesam_core.training.teacher import Teacher, run_decoder, split_features
 
 

@@ -151,6 +151,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
                             "--out", "{out}"], 2, "--train"),
     ("finetune-corrupt-coco", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/binary.yaml", "--out", "{out}"], 2,
      "binary.yaml"),
+    ("finetune-dense-without-prompt", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/photos", "--task-dense",
+                                       "--out", "{out}"], 2, "--task-dense"),
     # evaluate
     ("evaluate-bad-data", ["evaluate", "--checkpoint", "{ws}/tiny.pth", "--data", "imagenet", "--data-root",
                            "{ws}/empty"], 2, "imagenet"),

@@ -54,7 +54,7 @@ def test_segment_with_decoder_from_equals_the_merged_model(files, tmp_path, caps
 
 
 def test_segment_falls_back_to_published_vit_h_once(files, tmp_path, capsys, monkeypatch):
-    from edgesam_core import weights
+    from edgesam_core import weight_registry as weights
 
     # A local mirror stands in for the SAM ViT-H download; the entry keeps its name, the file is the debug SAM.
     mirror = tmp_path / "mirror"

@@ -179,7 +179,7 @@ def test_everything(workdir, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "o" / "photo_overlay.png").exists()
     # The CLI writes exactly what the library's generator finds on the same image and weights, and finds some.
     from edgesam_core.inference.image_io import load_image
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
     from edgesam_core.inference.segment_job import predict_everything
 
     library = predict_everything(load_predictor(workdir / "stable.pth", model=DEBUG), load_image(workdir / "photo.jpg"))
@@ -195,7 +195,7 @@ def test_missing_checkpoint_fetches_published_weights_lazily(workdir, tmp_path, 
         calls.append(variant)
         return workdir / "ckpt.pth"
 
-    monkeypatch.setitem(sys.modules, "edgesam_core.weights", types.SimpleNamespace(ensure_weights=ensure_weights))
+    monkeypatch.setitem(sys.modules, "edgesam_core.weight_registry", types.SimpleNamespace(ensure_weights=ensure_weights))
     code, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), "--point", "5,5", "--model", DEBUG,
                                "--out", str(tmp_path / "o")], capsys, monkeypatch)
     assert code == 0, stderr
@@ -309,7 +309,7 @@ def test_fullsize_default_model_on_a_photo(tmp_path, capsys, monkeypatch):
 
 def test_missing_gpu_exits_3_before_any_download(workdir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setitem(sys.modules, "edgesam_core.weights", None)  # importing it would fail loudly
+    monkeypatch.setitem(sys.modules, "edgesam_core.weight_registry", None)  # importing it would fail loudly
     got, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), "--point", "5,5", "--model", DEBUG,
                               "--device", "cuda", "--out", str(tmp_path / "o")], capsys, monkeypatch)
     lines = error_lines(stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgesam_core.data.prompts import mask_box, prompt_rng, sample_hq_prompt
+from edgesam_core.data.prompt_sampling import mask_box, prompt_rng, sample_hq_prompt
 
 
 def _mask() -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgesam_core.data.collate import collate_fn
-from edgesam_core.data.prompts import (
+from edgesam_core.data.prompt_sampling import (
     box_centers,
     decode_segmentation,
     mask_center_point,

@@ -64,7 +64,7 @@ def _library_mask(checkpoint: Path, image: np.ndarray, point: list[float]) -> np
     import torch
 
     from edgesam_core.inference.amg import calculate_stability_score
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     predictor = load_predictor(checkpoint)
     predictor.set_image(image)

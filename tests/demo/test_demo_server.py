@@ -32,7 +32,7 @@ def _mask(record: dict) -> np.ndarray:
 
 
 def _library(checkpoint: Path, image: np.ndarray):
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     predictor = load_predictor(checkpoint)
     predictor.set_image(image)
@@ -435,7 +435,7 @@ def test_cli_fetches_published_weights_when_no_checkpoint(checkpoints, capsys, m
         calls.append(variant)
         return checkpoints["edge_sam_dyt_hq_debug"]
 
-    monkeypatch.setitem(sys.modules, "edgesam_core.weights", types.SimpleNamespace(ensure_weights=ensure_weights))
+    monkeypatch.setitem(sys.modules, "edgesam_core.weight_registry", types.SimpleNamespace(ensure_weights=ensure_weights))
     with socket.socket() as taken:  # a busy port makes the command stop right after loading the model
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -473,14 +473,17 @@ def test_task_prompts_segment_with_no_click(checkpoints, tmp_path):
     from edgesam_core.demo.encoding import png_from_data_url
     from edgesam_core.demo.server import serve
     from edgesam_core.demo.session import DemoSession
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
     from edgesam_core.models import build_sam
-    from edgesam_core.models.task_prompt import initial_tokens, prompt_path_fingerprint, save_task
+    from edgesam_core.models.task_prompt import TaskPrompt, initial_tokens, prompt_path_fingerprint, save_task
 
     checkpoint = checkpoints["edge_sam_dyt_debug"]
     model = build_sam("edge_sam_dyt_debug", checkpoint)
-    tokens = initial_tokens(model) + 0.3 * torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    save_task(tmp_path / "tasks.pt", "blobs", tokens, fingerprint=prompt_path_fingerprint(model), category="")
+    generator = torch.Generator().manual_seed(0)
+    prompt = TaskPrompt(initial_tokens(model) + 0.3 * torch.randn(3, 32, generator=generator), dense=True)
+    with torch.no_grad():  # a dense head that changes the masks, so the page must apply it too
+        prompt.dense_head.weight.copy_(0.2 * torch.randn(32, 32, 1, 1, generator=generator))
+    save_task(tmp_path / "tasks.pt", "blobs", prompt, fingerprint=prompt_path_fingerprint(model), category="")
     session = DemoSession.from_checkpoint(checkpoint)
     session.predictor.load_tasks(tmp_path / "tasks.pt")
     image = scene()

@@ -34,7 +34,7 @@ def test_evaluate_cli_writes_report_plot_and_coco_results(debug_model_files, coc
     assert report["settings"]["data"] == "coco" and report["settings"]["multimask_select"] == "oracle"
     # The CLI's numbers are the library's on the same backend, data and settings.
     from edgesam_core.evaluation import evaluate, open_eval_dataset
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     library = evaluate(load_predictor(debug_model_files["onnx"]), open_eval_dataset("coco", coco_root, "val"),
                        prompt="point-center", refine_clicks=1, num_samples=1, num_multimask_outputs=3,

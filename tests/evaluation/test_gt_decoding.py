@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgesam_core.data.prompts import decode_segmentation
+from edgesam_core.data.prompt_sampling import decode_segmentation
 from edgesam_core.errors import DatasetError
 from edgesam_core.evaluation.samples import EvalObject
 

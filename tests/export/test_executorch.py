@@ -86,7 +86,7 @@ def test_files_sidecars_and_pairing(exported):
 def test_predictor_equals_pytorch_on_clicks_and_boxes(exported):
     from edgesam_core.export.parity import synthetic_image
     from edgesam_core.inference import SamPredictor
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     image = synthetic_image()
     ours = load_predictor(exported["root"] / "dbg_encoder.pte")
@@ -186,7 +186,7 @@ def test_hq_pair_passes_the_rule_and_matches_pytorch(tmp_path):
     from edgesam_core.export.executorch_export import ExecutorchOptions, export_executorch
     from edgesam_core.export.parity import synthetic_image
     from edgesam_core.inference import SamPredictor
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     model = make_model("edge_sam_dyt_hq_debug")
     result = export_executorch(None, None, ExecutorchOptions(out_dir=tmp_path, name="hq"), model=model)

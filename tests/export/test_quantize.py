@@ -69,6 +69,8 @@ def test_quantize_pair_report_and_loadable(dyt_debug_export, calib_dir, tmp_path
     int8_model = onnx.load(data["int8_encoder"])
     ops = {n.op_type for n in int8_model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    # Squeeze-excite means as pools (ONNX Runtime runs those on uint8), the expanded gates broadcast again.
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops and "Resize" not in ops
     pred = load_predictor(data["int8_encoder"])
     from edgesam_core.export.parity import synthetic_image
 
@@ -130,3 +132,38 @@ def test_expanded_gates_are_broadcast_again_before_quantising():
     onnx.checker.check_model(model)
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_spatial_means_become_pools_and_nothing_else():
+    """``ReduceMean`` over H and W (kept dims) becomes ``GlobalAveragePool`` with the same output; means over
+    other axes, without kept dims, or of another rank stay as they are."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgesam_core.export.quantize import spatial_means_as_pools
+
+    axes = {"hw": [2, 3], "neg": [-1, -2], "c": [1], "h": [2]}
+    inits = [helper.make_tensor(f"axes_{k}", TensorProto.INT64, [len(v)], v) for k, v in axes.items()]
+    nodes = [helper.make_node("ReduceMean", ["x", f"axes_{k}"], [f"y_{k}"]) for k in axes]
+    nodes.append(helper.make_node("ReduceMean", ["x", "axes_hw"], ["y_flat"], keepdims=0))
+    nodes.append(helper.make_node("ReduceMean", ["v", "axes_c"], ["y_rank3"]))
+    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
+    graph = helper.make_graph(nodes, "means", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 7]),
+                                               helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 6, 5])],
+                              outputs, inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    feed = {"x": np.random.default_rng(0).normal(size=(1, 6, 5, 7)).astype(np.float32),
+            "v": np.random.default_rng(1).normal(size=(2, 6, 5)).astype(np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    before = run(model)
+    assert spatial_means_as_pools(model) == 2
+    onnx.checker.check_model(model)
+    kinds = {n.output[0]: n.op_type for n in model.graph.node}
+    assert kinds == {"y_hw": "GlobalAveragePool", "y_neg": "GlobalAveragePool", "y_c": "ReduceMean",
+                     "y_h": "ReduceMean", "y_flat": "ReduceMean", "y_rank3": "ReduceMean"}
+    for a, b in zip(before, run(model)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)

@@ -114,7 +114,7 @@ def test_int8_reports_fidelity(converted):
 def test_predictor_agrees_with_onnx_predictor(converted):
     from edgesam_core.errors import InputError
     from edgesam_core.export.parity import synthetic_image
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
     from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
     from edgesam_core.inference.tflite_predictor import TfliteSamPredictor
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from edgesam_core.errors import InputError
 from edgesam_core.inference import SamPredictor, segment_job
-from edgesam_core.inference.prompts import build_prompts
+from edgesam_core.inference.segment_prompts import build_prompts
 from edgesam_core.progress import NullProgress
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2

@@ -92,3 +92,31 @@ def test_predictor_reuses_the_context_across_clicks():
     assert np.abs(third.low_res_logits - second.low_res_logits).max() > 0
     predictor.set_image(image)
     assert predictor.decoder_context is None  # a new image, a new context
+
+
+@pytest.mark.parametrize("points", [1, 4])
+@pytest.mark.parametrize("images", [1, 2])
+def test_absorbed_projections_give_the_same_masks_in_float64(points, images):
+    """Prompt tokens through the image-side weights (few tokens) or image tokens through them (many tokens):
+    the channels-first transformer's two orders of the same products, against SAM's transformer."""
+    from edgesam_core.models.two_way_channels_first import _absorbs
+
+    plain = _model("edge_sam_dyt_debug", False)
+    model = _model("edge_sam_dyt_debug", True)
+    grid = model.prompt_encoder.get_dense_pe().shape[-1]
+    emb = torch.randn(images, model.mask_decoder.transformer_dim, grid, grid, dtype=torch.float64)
+    coords = torch.rand(3 * images, points, 2, dtype=torch.float64) * model.img_size
+    labels = torch.randint(0, 2, (3 * images, points))
+    with torch.no_grad():
+        sparse, dense = plain.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        context = model.mask_decoder.image_context(emb, model.prompt_encoder.get_dense_pe(), dense[:1])
+    tokens = model.mask_decoder.num_mask_tokens + 1 + sparse.shape[1]
+    transformer = model.mask_decoder.transformer
+    assert _absorbs(transformer.base.final_attn_token_to_image, tokens) is (points == 1)
+    reference = _decode(plain, emb, sparse, dense, None)
+    for absorb in (True, False):
+        transformer.absorb_projections = absorb
+        for got in (_decode(model, emb, sparse, dense, None), _decode(model, emb, sparse, dense, None, context)):
+            for r, g in zip(reference, got):
+                torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
+    assert (reference[0][0] - reference[0][1]).abs().max() > 1e-3

@@ -175,7 +175,7 @@ def test_missing_previous_step_is_a_one_line_config_error(assets, tmp_path):
 def test_final_checkpoint_drives_the_predictor_used_by_segment(chain):
     import numpy as np
 
-    from edgesam_core.inference.load import load_predictor
+    from edgesam_core.inference.artifact_loader import load_predictor
 
     predictor = load_predictor(chain["out"] / "stepjoint" / "final.pth", model=STUDENT)
     predictor.set_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))

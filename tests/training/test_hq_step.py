@@ -33,7 +33,7 @@ def _setup(assets, init_file, **overrides):
     from edgesam_core.data.collate import collate_fn
     from edgesam_core.data.hqseg import HQSegDataset
     from edgesam_core.models import build_sam
-    from edgesam_core.training import weights
+    from edgesam_core.training import student_init as weights
     from edgesam_core.training.distill import to_batch
     from edgesam_core.training.steps import hq_gt_losses
     from edgesam_core.training.teacher import Teacher

@@ -17,7 +17,7 @@ from edgesam_core.training.losses import (
     padding_valid_mask,
 )
 from edgesam_core.training.optim import CosineSchedule, param_groups
-from edgesam_core.training.prompts import choose_prompt_kind, sample_refinement_points
+from edgesam_core.training.refinement_clicks import choose_prompt_kind, sample_refinement_points
 
 
 def test_embedding_mse_ignores_padding_only():

@@ -94,6 +94,18 @@ class SigmoidDynamicTanh(nn.Module):
     extra rounding is a few fp32 ulps of the output.
     """
 
+    @staticmethod
+    def apply(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``weight * sigmoid(alpha * x) + bias`` (``weight``/``bias`` shaped to broadcast against ``x``).
+
+        Without autograd, in one scratch tensor updated in place: PyTorch's ``addcmul`` with per-channel
+        operands broadcast over an image runs ~15x slower (measured 3.5 vs 0.24 ms on 1x64x128x128).
+        """
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, weight, bias)):
+            return torch.addcmul(bias, torch.sigmoid(alpha * x), weight)
+        y = x * alpha
+        return y.sigmoid_().mul_(weight).add_(bias)
+
     def __init__(self, dyt: DynamicTanh) -> None:
         super().__init__()
         self.channels_last = dyt.channels_last
@@ -102,7 +114,6 @@ class SigmoidDynamicTanh(nn.Module):
         self.register_buffer("bias", (dyt.bias - dyt.weight).detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.sigmoid(self.alpha * x)
         if self.channels_last:
-            return torch.addcmul(self.bias, x, self.weight)
-        return torch.addcmul(self.bias.unsqueeze(-1).unsqueeze(-1), x, self.weight.unsqueeze(-1).unsqueeze(-1))
+            return self.apply(x, self.alpha, self.weight, self.bias)
+        return self.apply(x, self.alpha, self.weight.unsqueeze(-1).unsqueeze(-1), self.bias.unsqueeze(-1).unsqueeze(-1))

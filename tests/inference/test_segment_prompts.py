@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgesam_core.errors import ConfigError, InputError
-from edgesam_core.inference.prompts import (
+from edgesam_core.inference.segment_prompts import (
     build_prompts,
     check_prompts_fit,
     parse_box,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgesam_core.errors import CheckpointMismatchError
-from edgesam_core.training.weights import freeze_for_step, initialise_student, normalise_init_keys, set_train_mode
+from edgesam_core.training.student_init import freeze_for_step, initialise_student, normalise_init_keys, set_train_mode
 
 
 def _models():

@@ -21,8 +21,8 @@ DEFAULT_MODEL = "edge_sam_dyt"
 
 #: file suffix -> "module:factory"; export backends add their artifact suffixes here.
 SUFFIXES: dict[str, str] = {
-    ".pth": "edgesam_core.inference.load:load_torch_predictor",
-    ".pt": "edgesam_core.inference.load:load_torch_predictor",
+    ".pth": "edgesam_core.inference.artifact_loader:load_torch_predictor",
+    ".pt": "edgesam_core.inference.artifact_loader:load_torch_predictor",
     ".onnx": "edgesam_core.inference.onnx_predictor:load_onnx_predictor",
     ".tflite": "edgesam_core.inference.tflite_predictor:load_tflite_predictor",
     ".engine": "edgesam_core.inference.trt_predictor:load_trt_predictor",

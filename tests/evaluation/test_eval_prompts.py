@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgesam_core.errors import ConfigError
-from edgesam_core.evaluation.prompts import box_center, box_from_mask, make_prompt, mask_center
+from edgesam_core.evaluation.eval_prompts import box_center, box_from_mask, make_prompt, mask_center
 
 
 def test_mask_center_is_deepest_pixel_and_inside():

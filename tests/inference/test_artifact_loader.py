@@ -14,7 +14,7 @@ from edgesam_core.errors import (
     MissingDependencyError,
     UnknownVariantError,
 )
-from edgesam_core.inference import load
+from edgesam_core.inference import artifact_loader as load
 from edgesam_core.inference.segment_job import resolve_variant
 
 
