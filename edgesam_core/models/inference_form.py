@@ -35,6 +35,7 @@ from .layers.common import UpSampleLayer
 from .layers.dyt import DynamicTanh, SigmoidDynamicTanh
 from .reparam import reparameterize_repvit
 from .transformer import TwoWayTransformer
+from .two_way_absorbed import AbsorbingTwoWayTransformer
 from .two_way_channels_first import ChannelsFirstTwoWayTransformer
 
 
@@ -263,7 +264,7 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
     model.eval()
     done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0,
             "channels_first_transformer": 0, "sigmoid_dyts": 0,
-            "batched_hypernetworks": 0, "fast_gelus": 0}
+            "batched_hypernetworks": 0, "fast_gelus": 0, "absorbing_transformer": 0}
     encoder = getattr(model, "image_encoder", None)
     if isinstance(encoder, RepViTEncoder):
         from .image_encoder_repvit import RepVGGDW
@@ -288,6 +289,10 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
             and isinstance(transformer.norm_final_attn, DynamicTanh):
         decoder.transformer = ChannelsFirstTwoWayTransformer(decoder.transformer)
         done["channels_first_transformer"] = 1
+    elif decoder_rewrites and isinstance(transformer, TwoWayTransformer):
+        # LayerNorm decoders keep the token layout, with the per-prompt projections absorbed all the same.
+        decoder.transformer = AbsorbingTwoWayTransformer(decoder.transformer)
+        done["absorbing_transformer"] = 1
     if not for_export:
         # PyTorch's CPU tanh is ~5x slower than its sigmoid; ONNX Runtime's Tanh is fast, so exports keep it.
         done["sigmoid_dyts"] = _replace(model, DynamicTanh, SigmoidDynamicTanh)

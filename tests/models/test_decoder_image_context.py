@@ -94,15 +94,18 @@ def test_predictor_reuses_the_context_across_clicks():
     assert predictor.decoder_context is None  # a new image, a new context
 
 
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_debug"])
 @pytest.mark.parametrize("points", [1, 4])
 @pytest.mark.parametrize("images", [1, 2])
-def test_absorbed_projections_give_the_same_masks_in_float64(points, images):
+def test_absorbed_projections_give_the_same_masks_in_float64(variant, points, images):
     """Prompt tokens through the image-side weights (few tokens) or image tokens through them (many tokens):
-    the channels-first transformer's two orders of the same products, against SAM's transformer."""
-    from edgesam_core.models.two_way_channels_first import _absorbs
+    both orders of the same products, in the channels-first (DyT) and the token-layout (LayerNorm) inference
+    transformer, against SAM's transformer."""
+    from edgesam_core.models.two_way_absorbed import AbsorbingTwoWayTransformer, absorbs
+    from edgesam_core.models.two_way_channels_first import ChannelsFirstTwoWayTransformer
 
-    plain = _model("edge_sam_dyt_debug", False)
-    model = _model("edge_sam_dyt_debug", True)
+    plain = _model(variant, False)
+    model = _model(variant, True)
     grid = model.prompt_encoder.get_dense_pe().shape[-1]
     emb = torch.randn(images, model.mask_decoder.transformer_dim, grid, grid, dtype=torch.float64)
     coords = torch.rand(3 * images, points, 2, dtype=torch.float64) * model.img_size
@@ -112,7 +115,9 @@ def test_absorbed_projections_give_the_same_masks_in_float64(points, images):
         context = model.mask_decoder.image_context(emb, model.prompt_encoder.get_dense_pe(), dense[:1])
     tokens = model.mask_decoder.num_mask_tokens + 1 + sparse.shape[1]
     transformer = model.mask_decoder.transformer
-    assert _absorbs(transformer.base.final_attn_token_to_image, tokens) is (points == 1)
+    kind = ChannelsFirstTwoWayTransformer if "dyt" in variant else AbsorbingTwoWayTransformer
+    assert isinstance(transformer, kind)
+    assert absorbs(transformer.base.final_attn_token_to_image, tokens) is (points == 1)
     reference = _decode(plain, emb, sparse, dense, None)
     for absorb in (True, False):
         transformer.absorb_projections = absorb
