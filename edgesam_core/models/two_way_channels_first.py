@@ -55,7 +55,7 @@ def _norm_cf(norm: nn.Module, x: Tensor) -> Tensor:
     if isinstance(norm, DynamicTanh):
         return torch.tanh(norm.alpha * x) * norm.weight.unsqueeze(-1) + norm.bias.unsqueeze(-1)
     if isinstance(norm, SigmoidDynamicTanh):
-        return SigmoidDynamicTanh.apply(x, norm.alpha, norm.weight.unsqueeze(-1), norm.bias.unsqueeze(-1))
+        return SigmoidDynamicTanh.sigmoid_affine(x, norm.alpha, norm.weight.unsqueeze(-1), norm.bias.unsqueeze(-1))
     raise TypeError(f"no channels-first form for {type(norm).__name__} (the rewrite is for DyT decoders)")
 
 

@@ -69,7 +69,13 @@ def test_sigmoid_dyt_is_dyt():
             dyt.weight.normal_()
             dyt.bias.normal_()
         x = 3 * torch.randn(*shape, dtype=torch.float64)
-        torch.testing.assert_close(SigmoidDynamicTanh(dyt)(x), dyt(x), atol=1e-12, rtol=0)
+        fast = SigmoidDynamicTanh(dyt)
+        before = x.clone()
+        torch.testing.assert_close(fast(x), dyt(x), atol=1e-12, rtol=0)  # in place on a scratch tensor
+        assert torch.equal(x, before)  # ... never on the input
+        x.requires_grad_(True)  # with autograd: the out-of-place formula, same values
+        torch.testing.assert_close(fast(x), dyt(x), atol=1e-12, rtol=0)
+        assert fast.apply(lambda m: None) is fast  # nn.Module.apply is not shadowed
 
 
 def test_predictor_reuses_the_context_across_clicks():

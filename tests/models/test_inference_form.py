@@ -55,3 +55,17 @@ def test_inference_form_equals_the_model_in_float64(variant, for_export):
             outs.append((emb, *decoded))
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-10 * max(1.0, a.abs().max().item()), rtol=0)
+
+
+def test_fast_tanh_gelu_is_torchs_tanh_gelu_and_leaves_its_input():
+    from edgesam_core.models.inference_form import FastTanhGelu
+
+    x = 4 * torch.randn(2, 8, 9, 7, dtype=torch.float64)
+    before = x.clone()
+    expected = torch.nn.GELU(approximate="tanh")(x)
+    torch.testing.assert_close(FastTanhGelu()(x), expected, atol=1e-12, rtol=0)
+    assert torch.equal(x, before)
+    x.requires_grad_(True)  # with autograd: the out-of-place formula, and gradients flow
+    FastTanhGelu()(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(torch.nn.GELU(approximate="tanh")(x).sum(), x)[0],
+                               atol=1e-10, rtol=0)

@@ -243,6 +243,14 @@ def test_task_options_and_files_are_checked(base, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a tasks file")
     with pytest.raises(InputError, match="not a tasks file"):
         predictor.load_tasks(tmp_path / "bad.pt")
+    from edgesam_core.models import build_sam
+    from edgesam_core.models.task_prompt import TASKS_FORMAT, prompt_path_fingerprint
+
+    entry = {"tokens": torch.zeros(3, 32), "dense_weight": torch.zeros(32, 16, 1, 1), "dense_bias": torch.zeros(32),
+             "fingerprint": prompt_path_fingerprint(build_sam(VARIANT, base / "base.pth"))}
+    torch.save({"format": TASKS_FORMAT, "tasks": {"odd": entry}}, tmp_path / "odd.pt")
+    with pytest.raises(InputError, match="dense head"):
+        predictor.load_tasks(tmp_path / "odd.pt")
 
 
 def test_task_decoder_export_gate_catches_a_broken_graph(tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ class SigmoidDynamicTanh(nn.Module):
     """
 
     @staticmethod
-    def apply(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def sigmoid_affine(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``weight * sigmoid(alpha * x) + bias`` (``weight``/``bias`` shaped to broadcast against ``x``).
 
         Without autograd, in one scratch tensor updated in place: PyTorch's ``addcmul`` with per-channel
@@ -115,5 +115,6 @@ class SigmoidDynamicTanh(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            return self.apply(x, self.alpha, self.weight, self.bias)
-        return self.apply(x, self.alpha, self.weight.unsqueeze(-1).unsqueeze(-1), self.bias.unsqueeze(-1).unsqueeze(-1))
+            return self.sigmoid_affine(x, self.alpha, self.weight, self.bias)
+        return self.sigmoid_affine(x, self.alpha, self.weight.unsqueeze(-1).unsqueeze(-1),
+                                   self.bias.unsqueeze(-1).unsqueeze(-1))
