@@ -68,12 +68,8 @@ class TaskPrompt(nn.Module):
         return self.tokens.to(image_embeddings.dtype)[None], dense
 
 
-def decode_task(sam: Any, image_embeddings: torch.Tensor,
-                prompt: TaskPrompt | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks for a task prompt (or bare ``K x C`` tokens) on one image's embedding (``1 x C x g x g``):
-    ``(masks 1x1xhxw, iou 1x1)``."""
-    if not isinstance(prompt, TaskPrompt):
-        prompt = TaskPrompt(prompt)
+def decode_task(sam: Any, image_embeddings: torch.Tensor, prompt: TaskPrompt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for a task prompt on one image's embedding (``1 x C x g x g``): ``(masks 1x1xhxw, iou 1x1)``."""
     sparse, dense = prompt.embeddings(sam, image_embeddings)
     out = sam.mask_decoder(image_embeddings=image_embeddings, image_pe=sam.prompt_encoder.get_dense_pe(),
                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, num_multimask_outputs=1)
@@ -121,7 +117,8 @@ def load_task_file(path: Any) -> dict[str, dict[str, Any]]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a file that is not ours
         raise ValueError(f"{path} is not a tasks file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != TASKS_FORMAT or not isinstance(payload.get("tasks"), dict):
+    if (not isinstance(payload, dict) or payload.get("format") != TASKS_FORMAT
+            or not isinstance(payload.get("tasks"), dict)):
         raise ValueError(f"{path} is not a tasks file written by 'edgesam finetune --train prompt'")
     return payload["tasks"]
 

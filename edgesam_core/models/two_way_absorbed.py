@@ -108,14 +108,13 @@ def image_to_tokens_absorbed(attn: Attention, q_img: Optional[Tensor], keys: Ten
     return update + attn.out_proj.bias.unsqueeze(-1)
 
 
-def _pe_projection(context: ImageContext, attn: Attention, kind: str) -> Tensor:
-    """``W_k pe`` (``kind`` "k") or ``W_q pe + b_q`` ("q") of token-major ``context.key_pe`` ``(1, n, C)`` as
-    ``(1, heads, c, n)``, computed once per image (kept in ``context.cache``)."""
+def pe_projection(context: ImageContext, attn: Attention, kind: str, key_pe: Tensor) -> Tensor:
+    """``W_k pe`` (``kind`` "k") or ``W_q pe + b_q`` ("q") of the positional encoding ``key_pe`` ``(1, C, n)``
+    (any strides) as ``(1, heads, c, n)``, computed once per image (kept in ``context.cache``)."""
     linear = attn.k_proj if kind == "k" else attn.q_proj
-    name = f"token-{kind}{id(linear)}"
+    name = f"absorbed-{kind}{id(linear)}"
     if name not in context.cache:
-        weight = head_weights(linear, attn.num_heads)  # (h, c, C)
-        pe = torch.matmul(weight, context.key_pe.transpose(1, 2).unsqueeze(1))  # (1, h, c, n)
+        pe = torch.matmul(head_weights(linear, attn.num_heads), key_pe.unsqueeze(1))  # (1, h, c, n)
         context.cache[name] = pe + linear.bias.reshape(attn.num_heads, -1, 1) if kind == "q" else pe
     return context.cache[name]
 
@@ -149,6 +148,7 @@ class AbsorbingTwoWayTransformer(nn.Module):
             context = self.image_context(image_embedding, image_pe)
         context = context.expand_to(point_embedding.shape[0])
         queries, keys, pe = point_embedding, context.keys, point_embedding
+        key_pe = context.key_pe.transpose(1, 2)  # (1, C, n) view of the token-major encoding
         for i, block in enumerate(self.base.layers):
             t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
             queries = block.token_self_attention(queries, pe)
@@ -157,14 +157,14 @@ class AbsorbingTwoWayTransformer(nn.Module):
                                       context.token_to_image_v)
             else:
                 attended = tokens_to_image_absorbed(t2i, queries + pe, keys.transpose(1, 2),
-                                                    _pe_projection(context, t2i, "k"), t2i.v_proj.bias)
+                                                    pe_projection(context, t2i, "k", key_pe), t2i.v_proj.bias)
             queries = block.norm2(queries + attended)
             queries = block.norm3(queries + block.mlp(queries))
             q_img = context.image_to_token_q.transpose(-1, -2) if i == 0 else None
             update = image_to_tokens_absorbed(i2t, q_img, keys.transpose(1, 2),
-                                              None if i == 0 else _pe_projection(context, i2t, "q"),
+                                              None if i == 0 else pe_projection(context, i2t, "q", key_pe),
                                               queries + pe, queries, token_major=True)
             keys = block.norm4(keys + update)
         attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2),
-                                            _pe_projection(context, final, "k"), final.v_proj.bias)
+                                            pe_projection(context, final, "k", key_pe), final.v_proj.bias)
         return self.base.norm_final_attn(queries + attended), keys

@@ -25,6 +25,7 @@ from .two_way_absorbed import (
     absorbs,
     attention_softmax,
     image_to_tokens_absorbed,
+    pe_projection,
     tokens_to_image_absorbed,
 )
 
@@ -144,11 +145,6 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
                                                                 bias=True)
         return ImageContext(keys, context.key_pe, k, v, _heads_cf(q, i2t.num_heads), context.cache)
 
-    def _pe_projection(self, context: ImageContext, attn: Attention, kind: str) -> Tensor:
-        """``W_k pe`` (``kind`` "k") or ``W_q pe + b_q`` ("q") of ``attn`` as ``(1, heads, c, n)``, per image."""
-        linear = attn.k_proj if kind == "k" else attn.q_proj
-        return _heads_cf(_cached(context.cache, kind, linear, context.key_pe, bias=kind == "q"), attn.num_heads)
-
     def _block(self, block: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, context: ImageContext,
                query_pe: Tensor, first: bool, absorb: bool) -> tuple[Tensor, Tensor]:
         t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
@@ -157,8 +153,8 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         if first:  # the image-side projections come with the context
             attended = _tokens_to_image(t2i, queries + query_pe, context.token_to_image_k, context.token_to_image_v)
         elif absorb:
-            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys, self._pe_projection(context, t2i, "k"),
-                                                 t2i.v_proj.bias)
+            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys,
+                                                pe_projection(context, t2i, "k", context.key_pe), t2i.v_proj.bias)
         else:
             later = self._later_block_context(block, keys, context)
             attended = _tokens_to_image(t2i, queries + query_pe, later.token_to_image_k, later.token_to_image_v,
@@ -168,8 +164,8 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         queries = block.norm3(queries)
         if absorb:
             update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys,
-                                               None if first else self._pe_projection(context, i2t, "q"),
-                                               queries + query_pe, queries)
+                                              None if first else pe_projection(context, i2t, "q", context.key_pe),
+                                              queries + query_pe, queries)
         else:
             q_img = context.image_to_token_q if later is None else later.image_to_token_q
             update = _image_to_tokens(i2t, q_img, queries + query_pe, queries)
@@ -189,8 +185,8 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
             queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb)
         q = queries + point_embedding
         if absorb:
-            attended = tokens_to_image_absorbed(final, q, keys, self._pe_projection(context, final, "k"),
-                                                 final.v_proj.bias)
+            attended = tokens_to_image_absorbed(final, q, keys, pe_projection(context, final, "k", context.key_pe),
+                                                final.v_proj.bias)
         else:
             k_img, v_img = _image_keys_values(final, keys, context.key_pe, context.cache)
             attended = _tokens_to_image(final, q, k_img, v_img, final.v_proj.bias)
