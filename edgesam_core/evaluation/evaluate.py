@@ -24,14 +24,30 @@ import numpy as np
 from ..errors import ConfigError, EdgeSamError
 from ..inference.base import Predictor
 from ..progress import NullProgress, Progress
-from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
 from .eval_prompts import PROMPT_TYPES, Prompt, make_prompt
+from .metrics import (
+    SIZE_BUCKETS,
+    MIoU,
+    aggregate_miou,
+    mask_iou,
+    refinement_click,
+    size_bucket,
+)
 from .samples import EvalObject, EvalSample
-from .upstream import upstream_click, upstream_iou, upstream_mask_center, upstream_subset, upstream_target
+from .upstream import (
+    upstream_click,
+    upstream_iou,
+    upstream_mask_center,
+    upstream_subset,
+    upstream_target,
+)
 
 MULTIMASK_SELECT: tuple[str, ...] = ("score", "area", "oracle")
 #: ``exact``: exact GT, clicks at the centre of the largest error region; ``upstream``: EdgeSAM's eval_mIoU.py.
 PROTOCOLS: tuple[str, ...] = ("exact", "upstream")
+#: Cap on prompts per decoder call: their full-resolution masks are held at once (64 x 4 masks of 1024 x 768
+#: would be 800 MB of logits).
+MAX_PROMPTS_PER_CALL = 32
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,21 @@ class EvalReport:
         }
 
 
+@dataclass
+class _Track:
+    """One object's state through its clicks: the prompt so far, its target and its IoU per round."""
+
+    obj: EvalObject
+    area: float
+    target: np.ndarray
+    prompt: Prompt
+    click_rng: np.random.Generator
+    scored: np.ndarray | None = None
+    row: list[float] = field(default_factory=list)
+    records: list[MaskRecord] = field(default_factory=list)
+    done: bool = False
+
+
 def _seed_for(seed: int, *parts: str | int) -> list[int]:
     """Seed sequence that depends on the run seed and on stable identifiers, not on iteration order."""
     return [seed & 0xFFFFFFFF] + [zlib.crc32(str(p).encode()) for p in parts]
@@ -109,6 +140,56 @@ def _predict(predictor: Predictor, prompt: Prompt, num_outputs: int,
             f"expected C x {shape[0]} x {shape[1]} masks (original image size) and C scores"
         )
     return masks, scores, np.asarray(result[2])
+
+
+def _prompts_per_call(predictor: Predictor) -> int:
+    """How many prompt sets the predictor decodes best in one call (1 for predictors that do not say)."""
+    return max(1, min(int(getattr(predictor, "prompts_per_call", 1)), MAX_PROMPTS_PER_CALL))
+
+
+def _predict_many(predictor: Predictor, prompts: Sequence[Prompt], num_outputs: int,
+                  shape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``_predict`` for many prompts on the current image: prompts of the same form (point count, box or not)
+    share decoder calls of the predictor's ``prompts_per_call`` (64 on CUDA, capped at
+    ``MAX_PROMPTS_PER_CALL``), no padding; results in input order."""
+    per_call = _prompts_per_call(predictor)
+    if per_call == 1 or len(prompts) == 1 or not hasattr(predictor, "predict_torch"):
+        return [_predict(predictor, p, num_outputs, shape) for p in prompts]
+    forms: dict[tuple[int, bool], list[int]] = {}
+    for i, p in enumerate(prompts):
+        forms.setdefault((0 if p.points is None else len(p.points), p.box is not None), []).append(i)
+    results: list[Any] = [None] * len(prompts)
+    for rows in forms.values():
+        for start in range(0, len(rows), per_call):
+            chunk = rows[start:start + per_call]
+            for i, out in zip(chunk, _predict_rows(predictor, [prompts[i] for i in chunk], num_outputs, shape)):
+                results[i] = out
+    return results
+
+
+def _predict_rows(predictor: Predictor, prompts: Sequence[Prompt], num_outputs: int,
+                  shape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Prompts of one form through one ``predict_torch`` call (model-input frame, as the predictor's own
+    ``predict`` transforms them)."""
+    import torch
+
+    transform, size = predictor.transform, predictor.original_size  # type: ignore[attr-defined]
+    coords = labels = boxes = None
+    if prompts[0].points is not None:
+        coords = torch.as_tensor(np.stack([transform.apply_coords(np.asarray(p.points, np.float64), size)
+                                           for p in prompts]), dtype=torch.float)
+        labels = torch.as_tensor(np.stack([np.asarray(p.labels) for p in prompts]), dtype=torch.int)
+    if prompts[0].box is not None:
+        boxes = torch.as_tensor(transform.apply_boxes(np.stack([np.asarray(p.box, np.float64).reshape(4)
+                                                                for p in prompts]), size), dtype=torch.float)
+    masks, scores, low_res = predictor.predict_torch(coords, labels, boxes,  # type: ignore[attr-defined]
+                                                     num_multimask_outputs=num_outputs)[:3]
+    masks, scores, low_res = (t.detach().cpu().numpy() for t in (masks, scores, low_res))
+    if masks.shape[:2] != scores.shape or masks.shape[2:] != shape or masks.shape[0] != len(prompts):
+        raise EdgeSamError(f"The predictor returned masks of shape {masks.shape} and scores of shape {scores.shape} "
+                           f"for {len(prompts)} prompts; expected B x C x {shape[0]} x {shape[1]} masks and B x C "
+                           "scores")
+    return [(masks[b].astype(bool, copy=False), scores[b].astype(np.float64), low_res[b]) for b in range(len(prompts))]
 
 
 def _select(masks: np.ndarray, scores: np.ndarray, how: str, target: np.ndarray,
@@ -224,6 +305,7 @@ def evaluate(
         if reference_predictor is not None:
             reference_predictor.set_image(image)
         shape = (sample.height, sample.width)
+        tracks: list[_Track] = []
         for obj in objects:
             gt = obj.mask()
             if not gt.any():
@@ -235,40 +317,51 @@ def evaluate(
                 current = Prompt(np.array([upstream_mask_center(gt, img_size)], np.float32), np.ones(1, np.int64), None)
             else:
                 current = make_prompt(prompt, gt, obj.box, rng, obj.point)
-            target = gt
-            if reference_predictor is not None:
-                ref_masks, ref_scores, _ = _predict(reference_predictor, current, num_multimask_outputs, shape)
-                target = ref_masks[_select(ref_masks, ref_scores, reference_select, gt)[0]]
-            scored = upstream_target(target, img_size) if upstream else target
-            click_rng = np.random.default_rng(_seed_for(seed, sample.key, obj.ann_id, "clicks"))
-            row: list[float] = []
-            for k in range(rounds):
-                masks, scores, low_res = _predict(predictor, current, num_multimask_outputs, shape)
-                index, iou = _select(masks, scores, multimask_select, scored, iou_fn)
+            tracks.append(_Track(obj, area, gt, current,
+                                 np.random.default_rng(_seed_for(seed, sample.key, obj.ann_id, "clicks"))))
+        if reference_predictor is not None and tracks:
+            for track, (ref_masks, ref_scores, _) in zip(tracks, _predict_many(
+                    reference_predictor, [t.prompt for t in tracks], num_multimask_outputs, shape)):
+                track.target = ref_masks[_select(ref_masks, ref_scores, reference_select, track.target)[0]]
+        for track in tracks:
+            track.scored = upstream_target(track.target, img_size) if upstream else track.target
+        # Round by round, the prompts of every object still clicking go to the decoder together.
+        for k in range(rounds):
+            active = [t for t in tracks if not t.done]
+            if not active:
+                break
+            outputs = _predict_many(predictor, [t.prompt for t in active], num_multimask_outputs, shape)
+            for track, (masks, scores, low_res) in zip(active, outputs):
+                index, iou = _select(masks, scores, multimask_select, track.scored, iou_fn)
                 mask = masks[index]
-                row.append(iou_fn(mask, scored) if iou is None else iou)
+                track.row.append(iou_fn(mask, track.scored) if iou is None else iou)
                 if on_mask is not None:
-                    on_mask(MaskRecord(sample, obj, area, k + 1, mask, float(scores[index])))
+                    track.records.append(MaskRecord(sample, track.obj, track.area, k + 1, mask, float(scores[index])))
                 if k + 1 == rounds:
-                    break
+                    continue
                 if upstream:
                     # Upstream samples from the kept mask, or from channel 0 when "oracle" keeps them all.
                     channel = 0 if multimask_select == "oracle" else index
-                    click, (x, y) = upstream_click(low_res[channel], target, img_size, click_rng)
-                    current = current.with_click(x, y, click.label)
+                    click, (x, y) = upstream_click(low_res[channel], track.target, img_size, track.click_rng)
+                    track.prompt = track.prompt.with_click(x, y, click.label)
                     continue
-                click = refinement_click(mask, target)
+                click = refinement_click(mask, track.target)
                 if click is None:
                     # Already perfect: a user would stop clicking, and re-predicting the same prompt gives the
                     # same mask, so the remaining rounds keep this result.
+                    track.done = True
                     for later in range(k + 2, rounds + 1):
-                        row.append(row[-1])
+                        track.row.append(track.row[-1])
                         if on_mask is not None:
-                            on_mask(MaskRecord(sample, obj, area, later, mask, float(scores[index])))
-                    break
-                current = current.with_click(click.x, click.y, click.label)
-            rows.append(row)
-            buckets.append(size_bucket(area))
+                            track.records.append(MaskRecord(sample, track.obj, track.area, later, mask,
+                                                            float(scores[index])))
+                    continue
+                track.prompt = track.prompt.with_click(click.x, click.y, click.label)
+        for track in tracks:
+            for record in track.records:
+                on_mask(record)  # type: ignore[misc]  # records are only kept with on_mask
+            rows.append(track.row)
+            buckets.append(size_bucket(track.area))
         num_images += 1
         progress.advance(task)
     progress.finish(task)

@@ -288,6 +288,11 @@ class ExportedSamPredictor:
     #: cores: 1 -> 11.5 ms, 8 -> 14.7 ms, 64 -> 13.3 ms); raise it for GPUs.
     prompt_batch = 1
 
+    @property
+    def prompts_per_call(self) -> int:
+        """Prompt sets per decoder call when many are decoded: ``prompt_batch`` on a staged decoder, else 1."""
+        return self.prompt_batch if self.staged else 1
+
     def _decode_rows(self, coords: Any, labels: Any, boxes: Any, num_outputs: int) -> tuple[Any, Any, Any]:
         """Rows of torch prompts (model-input frame) -> torch ``(scores, low_res, logits)``.
 
@@ -297,7 +302,7 @@ class ExportedSamPredictor:
         import torch
 
         rows = (coords if coords is not None else boxes).shape[0]
-        step = self.prompt_batch if self.staged else 1
+        step = self.prompts_per_call
 
         def part(t: Any, start: int) -> np.ndarray | None:
             return None if t is None else t[start:start + step].detach().cpu().numpy()

@@ -73,9 +73,9 @@ class SamPredictor:
         self.stability_score_offset = 1.0
         #: Feed the encoder channels-last tensors (set by :meth:`to_inference_form` on CPUs).
         self.channels_last = False
-        #: Prompt sets per decoder call in :meth:`predict_low_res_torch` (None: 64 on CUDA, 1 on CPUs, where
-        #: each prompt's 4096 x 256 image tokens fall out of cache in bigger batches: measured per prompt on 2
-        #: cores, 21.8 ms at 1, 26.7 ms at 4, 69 ms at 16).
+        #: Prompt sets per decoder call in :meth:`predict_low_res_torch` and ``evaluate`` (None: 64 on CUDA, 1 on
+        #: CPUs, where each prompt's 4096 x 256 image tokens fall out of cache in bigger batches: measured per
+        #: prompt on 2 cores, 21.8 ms at 1, 26.7 ms at 4, 69 ms at 16).
         self.prompt_batch: int | None = None
         #: Fingerprint of the prompt encoder + mask decoder weights as loaded (task prompts are tied to it); taken
         #: before :meth:`to_inference_form` rewrites them.
@@ -112,6 +112,11 @@ class SamPredictor:
     def device(self) -> torch.device:
         """Device of the model (its pixel-mean buffer)."""
         return self.model.pixel_mean.device
+
+    @property
+    def prompts_per_call(self) -> int:
+        """Prompt sets per decoder call when many are decoded (``prompt_batch``, else 64 on CUDA, 1 on CPUs)."""
+        return self.prompt_batch or (64 if self.device.type == "cuda" else 1)
 
     @property
     def mask_threshold(self) -> float:
@@ -380,7 +385,7 @@ class SamPredictor:
         """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling: callers
         that filter many candidates (the automatic mask generator) upscale only the survivors."""
         self._require_image()
-        batch = self.prompt_batch or (64 if self.device.type == "cuda" else 1)
+        batch = self.prompts_per_call
         parts = [self._decode(point_coords[start:start + batch], point_labels[start:start + batch], None, None,
                               num_multimask_outputs) for start in range(0, point_coords.shape[0], batch)]
         low_res = torch.cat([part[0] for part in parts])

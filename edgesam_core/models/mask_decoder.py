@@ -25,12 +25,18 @@ def mask_slice(num_multimask_outputs: int) -> slice:
         ) from None
 
 
-def expand_to_prompts(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
+def expand_to_prompts(x: torch.Tensor, num_prompts: int, image_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Repeat per-image tensors ``(B_img, ...)`` so there is one row per prompt set.
 
     One image with N prompt sets (SAM's convention) repeats it N times; B images with B*k prompt sets repeat
-    each image k times (prompts grouped by image).
+    each image k times (prompts grouped by image). ``image_index`` (``num_prompts`` ints) names each prompt
+    set's image instead, so images may have different prompt counts (a training batch decoded in one call).
     """
+    if image_index is not None:
+        if image_index.shape != (num_prompts,):
+            raise InputError(f"image_index must hold one image row per prompt set ({num_prompts}), "
+                             f"got shape {tuple(image_index.shape)}")
+        return x.index_select(0, image_index.to(x.device))
     n_img = x.shape[0]
     if n_img == num_prompts:
         return x
@@ -107,6 +113,7 @@ class MaskDecoder(nn.Module):
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for each prompt set.
 
@@ -117,13 +124,16 @@ class MaskDecoder(nn.Module):
             interm_embeddings, hq_token_only: ignored (accepted so every decoder takes upstream's call);
             context: :meth:`image_context` of these inputs, reused across calls (then the dense embedding
                 must be the one it was made with).
+            image_index: ``(B,)`` row of ``image_embeddings`` each prompt set belongs to, for several images
+                with different prompt counts in one call; None pairs them as SAM does.
 
         Returns:
             Mask logits ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.
         """
         sl = mask_slice(num_multimask_outputs)
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context=context
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context=context,
+            image_index=image_index,
         )
         return masks[:, sl, :, :], iou_pred[:, sl]
 
@@ -142,6 +152,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer; return the output tokens and the upscaled embedding ``(B, C/8, 4h, 4w)``."""
         output_tokens = self._output_tokens()
@@ -149,11 +160,13 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
         if context is None:
-            src = expand_to_prompts(image_embeddings, n) + dense_prompt_embeddings
+            src = expand_to_prompts(image_embeddings, n, image_index) + dense_prompt_embeddings
             pos_src = expand_to_prompts(image_pe, n)
             b, c, h, w = src.shape
             hs, src = self.transformer(src, pos_src, tokens)
         else:
+            if image_index is not None:
+                raise InputError("image_index pairs prompts with raw image embeddings; pass it without a context")
             b, (c, h, w) = n, image_pe.shape[1:]
             hs, src = self.transformer(None, None, tokens, context=context)
         src = src.transpose(1, 2).reshape(b, c, h, w)
@@ -166,10 +179,11 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask-token outputs: logits ``(B, 4, 4h, 4w)`` and IoU predictions ``(B, 4)``."""
         hs, upscaled = self._run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context, image_index
         )
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]

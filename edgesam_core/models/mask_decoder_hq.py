@@ -81,16 +81,18 @@ class _HQDecoderBase(MaskDecoder, ABC):
         dense_prompt_embeddings: torch.Tensor,
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All outputs: logits ``(B, 5, 4h, 4w)`` (4 SAM tokens then the HQ token) and IoU ``(B, 4)``."""
         hq = self.hq_features(image_embeddings, interm_embeddings)
         hs, upscaled_sam = self._run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context, image_index
         )
         n_sam = self.num_mask_tokens
         iou_token_out = hs[:, 0, :]
         tokens_out = hs[:, 1 : 2 + n_sam, :]
-        upscaled_hq = self.embedding_maskfeature(upscaled_sam) + expand_to_prompts(hq, upscaled_sam.shape[0])
+        hq = expand_to_prompts(hq, upscaled_sam.shape[0], image_index)
+        upscaled_hq = self.embedding_maskfeature(upscaled_sam) + hq
         hyper_in = torch.stack(
             [mlp(tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)]
             + [self.hf_mlp(tokens_out[:, n_sam, :])],
@@ -144,6 +146,7 @@ class MaskDecoderHQ(_HQDecoderBase):
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask (B,1,4h,4w), sam_mask of token 0 (B,1,4h,4w), iou of token 0 (B,1))``.
 
@@ -152,7 +155,7 @@ class MaskDecoderHQ(_HQDecoderBase):
         """
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings,
-            context,
+            context, image_index,
         )
         n_sam = self.num_mask_tokens
         return masks[:, n_sam : n_sam + 1], masks[:, 0:1], iou[:, 0:1]
@@ -190,6 +193,7 @@ class MaskDecoderHQViT(_HQDecoderBase):
         interm_embeddings: Optional[Sequence[torch.Tensor]] = None,
         hq_token_only: bool = True,
         context: Optional[ImageContext] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Return ``(hq_mask, sam_mask, iou)`` (one channel each).
 
@@ -200,7 +204,7 @@ class MaskDecoderHQViT(_HQDecoderBase):
         """
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, interm_embeddings,
-            context,
+            context, image_index,
         )
         n_sam = self.num_mask_tokens
         masks_hq = masks[:, n_sam : n_sam + 1]

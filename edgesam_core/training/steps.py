@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgesam_core.config.schema import DistillConfig
+from edgesam_core.errors import DatasetError
 from edgesam_core.training.losses import embedding_mse_loss, gt_mask_losses, mask_distill_losses, padding_valid_mask
 from edgesam_core.training.refinement_clicks import choose_prompt_kind, sample_refinement_points
 from edgesam_core.training.teacher import Teacher, run_decoder, split_features
@@ -87,43 +88,57 @@ def decoder_losses(student: nn.Module, batch: Batch, ctx: dict[str, Any], *, tea
     temp = lc.temperature
     scale = temp * temp if hq else 1.0
     totals = {"bce": torch.zeros((), device=s_emb.device), "dice": torch.zeros((), device=s_emb.device)}
-    # Weight each image by its share of the batch's prompts: the total is then upstream's mean over all
-    # prompts of the batch (and, with equal prompt counts per rank, DDP equals one process on the union).
-    n_total = max(sum(int(b.shape[0]) for b in batch.boxes), 1)
-    for i in range(len(batch.keys)):
-        boxes = batch.boxes[i].to(s_emb.device, torch.float32)
-        n = boxes.shape[0]
-        if n == 0:
-            continue
-        valid = padding_valid_mask(batch.sizes[i : i + 1], img_size, 4 * s_emb.shape[-1]).expand(n, -1, -1, -1)
-        if kind == "box":
-            coords = torch.zeros((n, 0, 2), device=s_emb.device)
-            labels = torch.zeros((n, 0), device=s_emb.device)
-            box_arg = boxes
-        else:
-            coords = batch.points[i].to(s_emb.device, torch.float32).reshape(n, -1, 2)
-            labels = torch.ones(coords.shape[:2], device=s_emb.device)
-            box_arg = None
-        s_feats = [f[i : i + 1] for f in s_interm] if s_interm is not None else None
-        t_feats = [f[i : i + 1] for f in t_interm] if t_interm is not None else None
-        for it in range(iters):
-            points = (coords, labels) if coords.shape[1] else None
-            with torch.no_grad():
-                t_logits, t_iou = teacher.decode(t_emb[i : i + 1], points, box_arg, num_masks, t_feats)
-            with ctx["autocast"]:
-                out = run_decoder(student, s_emb[i : i + 1], points, box_arg, num_masks, s_feats)
-            s_logits = out[0].float()
-            bce, dice = mask_distill_losses(s_logits, t_logits, None if hq else valid, temp)
-            share = scale * n / n_total / iters
-            totals["bce"] = totals["bce"] + share * bce
-            totals["dice"] = totals["dice"] + share * dice
-            if it + 1 < iters:
-                new_c, new_l = sample_refinement_points(s_logits.detach(), t_logits, valid, t_iou, img_size,
-                                                        pc.points_per_refine_iter, pc.min_error_pixels)
-                coords = torch.cat([coords, new_c], dim=1)
-                labels = torch.cat([labels, new_l], dim=1)
+    owners, boxes, coords = _batch_prompts(batch, kind, s_emb.device)
+    n = owners.shape[0]
+    if n == 0:
+        return {"loss": _zero_loss(student, s_emb.device), **totals}
+    # The whole batch's prompts go through each decoder in one call (upstream's MaskDecoderBatch); the losses
+    # are then upstream's mean over all prompts of the batch (and, with equal prompt counts per rank, DDP
+    # equals one process on the union).
+    valid = padding_valid_mask(batch.sizes.to(s_emb.device), img_size, 4 * s_emb.shape[-1])[owners]
+    box_arg = boxes if kind == "box" else None
+    labels = torch.ones(coords.shape[:2], device=s_emb.device)
+    for it in range(iters):
+        points = (coords, labels) if coords.shape[1] else None
+        with torch.no_grad():
+            t_logits, t_iou = teacher.decode(t_emb, points, box_arg, num_masks, t_interm, owners)
+        with ctx["autocast"]:
+            out = run_decoder(student, s_emb, points, box_arg, num_masks, s_interm, owners)
+        s_logits = out[0].float()
+        bce, dice = mask_distill_losses(s_logits, t_logits, None if hq else valid, temp)
+        totals["bce"] = totals["bce"] + scale / iters * bce
+        totals["dice"] = totals["dice"] + scale / iters * dice
+        if it + 1 < iters:
+            new_c, new_l = sample_refinement_points(s_logits.detach(), t_logits, valid, t_iou, img_size,
+                                                    pc.points_per_refine_iter, pc.min_error_pixels)
+            coords = torch.cat([coords, new_c], dim=1)
+            labels = torch.cat([labels, new_l], dim=1)
     loss = lc.bce * totals["bce"] + lc.dice * totals["dice"]
     return {"loss": loss, **totals}
+
+
+def _batch_prompts(batch: Batch, kind: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The batch's prompt sets in image order: ``(image index P, boxes Px4, points PxKx2)`` (K = 0 for boxes).
+
+    Raises:
+        DatasetError: point prompts with different point counts per image (they cannot share a call).
+    """
+    counts = [int(b.shape[0]) for b in batch.boxes]
+    owners = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+    boxes = torch.cat([b.to(device, torch.float32).reshape(-1, 4) for b in batch.boxes])
+    if kind == "box":
+        return owners, boxes, torch.zeros((boxes.shape[0], 0, 2), device=device)
+    points = [p.to(device, torch.float32).reshape(c, -1, 2) for p, c in zip(batch.points, counts) if c]
+    if len({p.shape[1] for p in points}) > 1:
+        raise DatasetError(f"Point prompts of one batch must have the same number of points per prompt, got "
+                           f"{sorted({p.shape[1] for p in points})}; give every object the same point count")
+    return owners, boxes, (torch.cat(points) if points else torch.zeros((0, 1, 2), device=device))
+
+
+def _zero_loss(student: nn.Module, device: torch.device) -> torch.Tensor:
+    """A zero loss that still touches every trainable parameter, so DDP's gradient reduction stays in step
+    with ranks whose batch had prompts."""
+    return sum((p.sum() for p in student.parameters() if p.requires_grad), torch.zeros((), device=device)) * 0.0
 
 
 def hq_gt_losses(student: nn.Module, batch: Batch, ctx: dict[str, Any], *, teacher: Teacher,
@@ -143,26 +158,36 @@ def hq_gt_losses(student: nn.Module, batch: Batch, ctx: dict[str, Any], *, teach
     with ctx["autocast"], torch.set_grad_enabled(enc_trains and torch.is_grad_enabled()):
         s_emb, s_interm = split_features(student.image_encoder(batch.images))
     device = s_emb.device
-    s_logits, t_logits, targets = [], [], []
+    # Images whose prompts have the same form (box or not, point count) share one decoder call; the results
+    # are put back in image order, so the sampled loss points fall as with one call per image.
+    groups: dict[tuple[bool, int], list[int]] = {}
     for i in range(len(batch.keys)):
-        if batch.boxes[i].shape[0] == 0:
-            continue
-        coords = batch.points[i].to(device, torch.float32)
-        labels = batch.extras["point_labels"][i].to(device, torch.float32)
-        points = (coords, labels) if coords.shape[1] else None
-        box = batch.boxes[i].to(device, torch.float32) if bool(batch.extras["box_used"][i].any()) else None
-        t_feats = [f[i : i + 1] for f in t_interm] if t_interm is not None else None
-        s_feats = [f[i : i + 1] for f in s_interm] if s_interm is not None else None
-        t_logits.append(teacher.decode(t_emb[i : i + 1], points, box, 1, t_feats)[0])
-        with ctx["autocast"]:
-            s_logits.append(run_decoder(student, s_emb[i : i + 1], points, box, 1, s_feats)[0].float())
-        targets.append(batch.extras["gt_masks"][i].to(device, torch.float32)[:, None] / 255.0)
-    if not s_logits:
-        # No image of this batch has foreground: a zero loss that still touches every trainable parameter, so
-        # DDP's gradient reduction stays in step with the other ranks.
-        zero = sum((p.sum() for p in student.parameters() if p.requires_grad), torch.zeros((), device=device)) * 0.0
+        if batch.boxes[i].shape[0]:
+            form = (bool(batch.extras["box_used"][i].any()), int(batch.points[i].shape[1]))
+            groups.setdefault(form, []).append(i)
+    if not groups:
+        # No image of this batch has foreground.
+        zero = _zero_loss(student, device)
         return {"loss": zero, "gt_bce": zero.detach(), "gt_dice": zero.detach(), "bce": zero.detach(),
                 "dice": zero.detach()}
+    s_parts: dict[int, torch.Tensor] = {}
+    t_parts: dict[int, torch.Tensor] = {}
+    for (use_box, num_points), rows in groups.items():
+        counts = torch.tensor([int(batch.boxes[i].shape[0]) for i in rows], device=device)
+        owners = torch.repeat_interleave(torch.tensor(rows, device=device), counts)
+        points = None
+        if num_points:
+            points = (torch.cat([batch.points[i].to(device, torch.float32) for i in rows]),
+                      torch.cat([batch.extras["point_labels"][i].to(device, torch.float32) for i in rows]))
+        box = torch.cat([batch.boxes[i].to(device, torch.float32) for i in rows]) if use_box else None
+        t_out = teacher.decode(t_emb, points, box, 1, t_interm, owners)[0]
+        with ctx["autocast"]:
+            s_out = run_decoder(student, s_emb, points, box, 1, s_interm, owners)[0].float()
+        for i, t_rows, s_rows in zip(rows, t_out.split(counts.tolist()), s_out.split(counts.tolist())):
+            t_parts[i], s_parts[i] = t_rows, s_rows
+    order = sorted(s_parts)
+    s_logits, t_logits = [s_parts[i] for i in order], [t_parts[i] for i in order]
+    targets = [batch.extras["gt_masks"][i].to(device, torch.float32)[:, None] / 255.0 for i in order]
     s_all, t_all, y_all = torch.cat(s_logits), torch.cat(t_logits), torch.cat(targets)
     gt_bce, gt_dice = gt_mask_losses(s_all, y_all, lc.gt_points, lc.gt_oversample, lc.gt_importance)
     kd_bce, kd_dice = mask_distill_losses(s_all, t_all, None, lc.temperature)

@@ -118,25 +118,31 @@ class Teacher:
 
     @torch.no_grad()
     def decode(self, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
-               boxes: torch.Tensor | None, num_masks: int,
-               interm: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher mask logits ``PxCxLxL`` and IoU ``PxC`` for the prompts of ONE image (``1xCxGxG``).
+               boxes: torch.Tensor | None, num_masks: int, interm: list[torch.Tensor] | None = None,
+               image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher mask logits ``PxCxLxL`` and IoU ``PxC`` for P prompt sets on the images of ``embedding``.
 
+        ``image_index`` (P ints) names each prompt set's image row; None: one image (``1xCxGxG``) for all.
         For an HQ teacher the logits are those of the HQ token.
         """
-        out = run_decoder(self.sam, embedding, points, boxes, num_masks, interm)
+        out = run_decoder(self.sam, embedding, points, boxes, num_masks, interm, image_index)
         return out[0].float(), out[-1].float()
 
 
 def run_decoder(sam: nn.Module, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
-                boxes: torch.Tensor | None, num_masks: int,
-                interm: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
-    """Prompt encoder + mask decoder of ``sam`` for the prompts of one image (embedding ``1xCxGxG``).
+                boxes: torch.Tensor | None, num_masks: int, interm: list[torch.Tensor] | None = None,
+                image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Prompt encoder + mask decoder of ``sam`` in one call for P prompt sets.
 
-    Returns the decoder's outputs: ``(masks, iou)``, or ``(hq_mask, sam_mask, iou)`` for HQ decoders.
+    ``embedding`` is ``BxCxGxG`` (and ``interm`` its early features); ``image_index`` gives each prompt set's
+    image row, so a whole training batch, whatever its prompts per image, is one decoder call (None: SAM's
+    pairing, e.g. one image for every prompt set). Returns the decoder's outputs: ``(masks, iou)``, or
+    ``(hq_mask, sam_mask, iou)`` for HQ decoders.
     """
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    kwargs = {"interm_embeddings": interm} if interm is not None else {}
+    kwargs: dict[str, Any] = {"interm_embeddings": interm} if interm is not None else {}
+    if image_index is not None:
+        kwargs["image_index"] = image_index
     return sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                             num_multimask_outputs=num_masks, **kwargs)

@@ -47,3 +47,33 @@ def test_hq_model_evaluates_with_its_single_hq_mask(sa1b_root):
         assert report.miou(2) == pytest.approx(100 * np.nanmean(report.ious[:, 1]), abs=1e-9)
     # One HQ mask per prediction: "oracle" has nothing to choose from, so both rules keep the same mask.
     np.testing.assert_array_equal(reports["score"].ious, reports["oracle"].ious)
+
+
+@pytest.mark.parametrize("backend", ["pth", "onnx"])
+@pytest.mark.parametrize("prompt", ["box", "point-random"])
+def test_the_objects_of_an_image_share_decoder_calls(debug_model_files, sa1b_root, backend, prompt):
+    """With several prompt sets per call (CUDA's default), each round of an image is one decoder call for all
+    its objects still clicking, and the scores and saved masks are those of one call per prompt."""
+    from edgesam_core.inference import load_predictor
+
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    kwargs = {"model": "edge_sam_dyt_debug"} if backend == "pth" else {}
+    one = load_predictor(debug_model_files[backend], **kwargs)
+    many = load_predictor(debug_model_files[backend], **kwargs)
+    many.prompt_batch = 4
+    assert one.prompts_per_call == 1 and many.prompts_per_call == 4
+    calls = {"predict": 0, "predict_torch": 0}
+    for name in calls:
+        def counted(*args, _name=name, _method=getattr(many, name), **kw):
+            calls[_name] += 1
+            return _method(*args, **kw)
+        setattr(many, name, counted)
+    records = {"one": [], "many": []}
+    reports = {key: evaluate(predictor, ds, prompt=prompt, refine_clicks=2, num_multimask_outputs=3,
+                             on_mask=records[key].append) for key, predictor in (("one", one), ("many", many))}
+    # 2 images x 3 rounds, every object of an image in the same call (none reaches a perfect mask here).
+    assert calls == {"predict": 0, "predict_torch": 6}
+    np.testing.assert_allclose(reports["many"].ious, reports["one"].ious, atol=1e-3)
+    assert [(r.obj.ann_id, r.click) for r in records["many"]] == [(r.obj.ann_id, r.click) for r in records["one"]]
+    for a, b in zip(records["one"], records["many"]):
+        assert np.count_nonzero(a.mask != b.mask) <= 0.001 * a.mask.size

@@ -69,3 +69,34 @@ def test_fast_tanh_gelu_is_torchs_tanh_gelu_and_leaves_its_input():
     FastTanhGelu()(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.autograd.grad(torch.nn.GELU(approximate="tanh")(x).sum(), x)[0],
                                atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_debug"])
+def test_fused_upscaling_is_the_upscaling_within_float32_noise(variant):
+    """oneDNN's transposed convolutions with the sigmoid (DyT) and the GELU fused in give the upscaling's
+    numbers: against float64, no further off than the unfused float32 modules (and a wrongly folded DyT
+    scale would be far off); with autograd the unfused modules run and gradients reach the weights."""
+    from edgesam_core.models.inference_form import ChannelsLastUpscaling
+
+    torch.manual_seed(0)
+    model = build_sam(variant).eval()
+    reference = copy.deepcopy(model.mask_decoder.output_upscaling).double()
+    fast = copy.deepcopy(model)
+    to_inference_form(fast)
+    up = fast.mask_decoder.output_upscaling
+    assert isinstance(up, ChannelsLastUpscaling)
+    if not up.fused:
+        pytest.skip("this PyTorch build has no oneDNN transposed convolution with fused activations")
+    assert up.sigmoid_norm is ("dyt" in variant)
+    x = 3 * torch.randn(2, model.mask_decoder.transformer_dim, 8, 8)
+    with torch.no_grad():
+        expected = reference(x.double())
+        fused = up(x)
+        up.fused = False
+        plain = up(x)
+        up.fused = True
+    noise = (plain.double() - expected).abs().max().item()
+    assert fused.shape == expected.shape
+    assert (fused.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    up(x.requires_grad_(True)).sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in up.parameters())
