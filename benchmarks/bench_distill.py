@@ -50,11 +50,11 @@ def _bench_step(step: str, steps: int, warmup: int, batch: int, prompts: int, de
         def embeddings(self, images, keys, autocast=None):
             return torch.randn(images.shape[0], 256, grid, grid, device=device)
 
-        def decode(self, emb, points, boxes, num_masks, interm=None):
+        def decode(self, emb, points, boxes, num_masks, interm=None, image_index=None):
             from edgesam_core.training.teacher import run_decoder
 
             with torch.no_grad():
-                out = run_decoder(self.sam, emb, points, boxes, num_masks, None)
+                out = run_decoder(self.sam, emb, points, boxes, num_masks, None, image_index)
             return out[0].float(), out[-1].float()
 
     teacher = _RandomTeacher()

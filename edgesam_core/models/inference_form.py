@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image_encoder_repvit import RepViTEncoder, SqueezeExcite
-from .layers.common import UpSampleLayer
+from .layers.common import UpSampleLayer, capturing_graph
 from .layers.dyt import DynamicTanh, SigmoidDynamicTanh
 from .reparam import reparameterize_repvit
 from .transformer import TwoWayTransformer
@@ -160,15 +160,19 @@ class ChannelsLastUpscaling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         if not self.fused or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 \
-                or torch.jit.is_tracing() or torch.compiler.is_compiling():
+                or capturing_graph():
             return self.upscaling(x)
         first, norm, act, second, last = self.upscaling
-        if self.sigmoid_norm:
-            y = self._deconv(x, self.first_weight, self.first_bias, "sigmoid")
-            y = y.mul_(norm.weight.view(1, -1, 1, 1)).add_(norm.bias.view(1, -1, 1, 1))
-        else:
-            y = norm(first(x))
-        return self._deconv(act(y), second.weight, second.bias, "gelu", _gelu_algorithm(last))
+        try:
+            if self.sigmoid_norm:
+                y = self._deconv(x, self.first_weight, self.first_bias, "sigmoid")
+                y = y.mul_(norm.weight.view(1, -1, 1, 1)).add_(norm.bias.view(1, -1, 1, 1))
+            else:
+                y = norm(first(x))
+            return self._deconv(act(y), second.weight, second.bias, "gelu", _gelu_algorithm(last))
+        except (RuntimeError, TypeError, NotImplementedError):  # a private op that changed: the plain modules
+            self.fused = False
+            return self.upscaling(x)
 
 
 class TanhGeluFormula(nn.Module):

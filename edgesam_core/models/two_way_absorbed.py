@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .layers.common import capturing_graph
 from .transformer import Attention, ImageContext, TwoWayTransformer
 
 
@@ -31,6 +32,33 @@ def rows_times_image(rows: Tensor, x: Tensor) -> Tensor:
         return torch.matmul(rows, x)
     m, c = rows.shape[1:]
     return torch.nn.functional.conv2d(x.reshape(1, c, -1, 1), rows.reshape(m, c, 1, 1)).reshape(1, m, -1)
+
+
+#: oneDNN's inner product is called directly (a private PyTorch op); off for good once it fails.
+_ONEDNN_LINEAR = True
+
+
+def _eager_fp32_single(x: Tensor) -> bool:
+    """One contiguous float32 image, no autograd, not traced or exported: where oneDNN's kernels may be called
+    directly."""
+    return (x.shape[0] == 1 and x.is_contiguous() and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and not capturing_graph() and torch.backends.mkldnn.is_available())
+
+
+def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:
+    """``rows`` ``(B, m, n)`` times the transposed image tokens ``x`` ``(B, C, n)`` -> ``(B, m, C)`` (a pooled
+    image: attention weights times the tokens).
+
+    Eager inference on one contiguous image: oneDNN's inner product (``x`` is its ``(C, n)`` weight as stored),
+    2x faster than PyTorch's matmul here (measured 0.32 vs 0.63 ms for 56x4096 by 4096x256, 2 threads).
+    """
+    global _ONEDNN_LINEAR
+    if _ONEDNN_LINEAR and rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x):
+        try:
+            return torch.ops.mkldnn._linear_pointwise(rows[0], x[0], None, "none", [], "")[None]
+        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
+            _ONEDNN_LINEAR = False
+    return torch.matmul(rows, x.transpose(1, 2))
 
 
 def attention_softmax(x: Tensor, dim: int) -> Tensor:
@@ -70,7 +98,7 @@ def tokens_to_image_absorbed(attn: Attention, q_tokens: Tensor, keys: Tensor, pe
     scores = rows_times_image(qk.reshape(b, heads * t, -1), keys).reshape(b, heads, t, -1)
     scores = (scores + torch.matmul(q, pe_k)) / math.sqrt(c)
     weights = attention_softmax(scores, -1)  # (B, h, T, n)
-    pooled = torch.matmul(weights.reshape(b, heads * t, -1), keys.transpose(1, 2))  # (B, hT, C)
+    pooled = rows_times_image_t(weights.reshape(b, heads * t, -1), keys)  # (B, hT, C)
     out = torch.matmul(pooled.reshape(b, heads, t, -1), head_weights(attn.v_proj, heads).transpose(-1, -2))
     out = out + v_bias.reshape(heads, 1, -1)
     return attn.out_proj(attn._recombine_heads(out))

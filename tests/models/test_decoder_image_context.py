@@ -131,3 +131,28 @@ def test_absorbed_projections_give_the_same_masks_in_float64(variant, points, im
             for r, g in zip(reference, got):
                 torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
     assert (reference[0][0] - reference[0][1]).abs().max() > 1e-3
+
+
+def test_pooled_image_product_is_the_matmul_within_float32_noise():
+    """The pooled image product (attention weights times the image tokens) that inference runs through oneDNN's
+    inner product: as close to float64 as PyTorch's own matmul, within a small factor, for every
+    path (one image, batches, autograd)."""
+    from edgesam_core.models import two_way_absorbed
+    from edgesam_core.models.two_way_absorbed import rows_times_image_t
+
+    torch.manual_seed(0)
+    rows = torch.softmax(torch.randn(1, 56, 4096), dim=-1)
+    x = 3 * torch.randn(1, 256, 4096)
+    expected = torch.matmul(rows.double(), x.double().transpose(1, 2))
+    with torch.no_grad():
+        fast = rows_times_image_t(rows, x)
+        plain = torch.matmul(rows, x.transpose(1, 2))
+    noise = (plain.double() - expected).abs().max().item()
+    assert fast.shape == (1, 56, 256)
+    assert two_way_absorbed._ONEDNN_LINEAR, "oneDNN's inner product failed and fell back to the matmul"
+    assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    two = rows_times_image_t(rows.expand(2, -1, -1), x.expand(2, -1, -1))  # batched: the matmul
+    torch.testing.assert_close(two, plain.expand(2, -1, -1))
+    rows.requires_grad_(True)
+    rows_times_image_t(rows, x).sum().backward()  # with autograd: the matmul, differentiable
+    assert rows.grad is not None

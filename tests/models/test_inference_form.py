@@ -96,6 +96,7 @@ def test_fused_upscaling_is_the_upscaling_within_float32_noise(variant):
         plain = up(x)
         up.fused = True
     noise = (plain.double() - expected).abs().max().item()
+    assert up.fused, "the fused path fell back to the plain modules"
     assert fused.shape == expected.shape
     assert (fused.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     up(x.requires_grad_(True)).sum().backward()

@@ -9,6 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def capturing_graph() -> bool:
+    """Whether the running code is being captured rather than executed: ``torch.jit`` tracing, ONNX export,
+    ``torch.compile`` or ``torch.export`` (older PyTorch releases lack the last check)."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+            or (exporting is not None and exporting()))
+
+
 class MLPBlock(nn.Module):
     """Two-layer feed-forward block ``lin2(act(lin1(x)))`` (transformer MLP)."""
 
