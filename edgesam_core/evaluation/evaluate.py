@@ -8,6 +8,8 @@ of the largest error region of the last prediction and the decoder runs again wi
 IoU is computed at the original image resolution; mIoU is the mean over all prompts of all images, x100.
 ``protocol="upstream"`` instead reproduces upstream's GT resampling and random refinement clicks
 (see :mod:`edgesam_core.evaluation.upstream`), for numbers comparable with EdgeSAM's ``eval_mIoU.py``.
+Round by round, the prompts of an image's objects still clicking share decoder calls when the predictor
+decodes several per call (``prompts_per_call`` > 1, e.g. on CUDA); the results are those of one call each.
 """
 
 from __future__ import annotations
@@ -252,7 +254,8 @@ def evaluate(
     Args:
         predictor: object with ``set_image(rgb uint8 H x W x 3)`` and ``predict(point_coords N x 2,
             point_labels N, box 4, num_multimask_outputs=C) -> (masks C x H x W bool, scores C, ...)``, all
-            in original image pixels.
+            in original image pixels; with ``prompts_per_call`` > 1, ``transform`` and ``predict_torch`` (as
+            :class:`~edgesam_core.inference.SamPredictor`) prompts are decoded that many per call.
         dataset: iterable of :class:`EvalSample` (see :mod:`edgesam_core.evaluation.samples`).
         prompt: ``box``, ``point-center``, ``point-random``, ``box-center`` or ``point-annotated``.
         refine_clicks: corrective clicks after the initial prompt (report has ``1 + refine_clicks`` entries).
