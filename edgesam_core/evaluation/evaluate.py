@@ -27,22 +27,9 @@ from ..errors import ConfigError, EdgeSamError
 from ..inference.base import Predictor
 from ..progress import NullProgress, Progress
 from .eval_prompts import PROMPT_TYPES, Prompt, make_prompt
-from .metrics import (
-    SIZE_BUCKETS,
-    MIoU,
-    aggregate_miou,
-    mask_iou,
-    refinement_click,
-    size_bucket,
-)
+from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
 from .samples import EvalObject, EvalSample
-from .upstream import (
-    upstream_click,
-    upstream_iou,
-    upstream_mask_center,
-    upstream_subset,
-    upstream_target,
-)
+from .upstream import upstream_click, upstream_iou, upstream_mask_center, upstream_subset, upstream_target
 
 MULTIMASK_SELECT: tuple[str, ...] = ("score", "area", "oracle")
 #: ``exact``: exact GT, clicks at the centre of the largest error region; ``upstream``: EdgeSAM's eval_mIoU.py.

@@ -152,10 +152,12 @@ class ChannelsLastUpscaling(nn.Module):
             bias = first.bias.detach() if first.bias is not None else torch.zeros_like(first.weight[0, :, 0, 0])
             self.register_buffer("first_bias", bias * alpha)
 
-    def _deconv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attr: str,
-                algorithm: str = "") -> torch.Tensor:
+    @staticmethod
+    def _deconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attr: str,
+                algorithm: str | None = None) -> torch.Tensor:
+        """A kernel-2, stride-2 transposed convolution with oneDNN post-op ``attr`` (``algorithm``: its variant)."""
         return torch.ops.mkldnn._convolution_transpose_pointwise(
-            x, weight, bias, [0, 0], [0, 0], [2, 2], [1, 1], 1, attr, [], algorithm or None)
+            x, weight, bias, [0, 0], [0, 0], [2, 2], [1, 1], 1, attr, [], algorithm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
