@@ -40,6 +40,9 @@ class QuantizeOptions:
     latency_runs: int = 10
     warmup_runs: int = 2
     seed: int = 0
+    #: Keep the encoder's GELUs exact (float32 between dequantisation and quantisation) instead of
+    #: ``x * sigmoid(1.702 x)`` on uint8 (see :mod:`.int8_gelu`).
+    exact_gelu: bool = False
 
 
 #: The rule's absolute term for the int8 report (the floor carries int8's rounding).
@@ -71,6 +74,8 @@ class QuantizeReport:
     #: Both int8 graphs against the float64 model under the noise-floor rule at int8's rounding (reported,
     #: not gated): see ``compare_with_onnxruntime``.
     parity: dict[str, Any] = field(default_factory=dict)
+    #: How the encoder's GELUs run in int8 (see ``QuantizeOptions.exact_gelu``).
+    gelu: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,8 +232,10 @@ def spatial_means_as_pools(model: Any) -> int:
 
 
 def _quantize_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per_channel: bool,
-                   notes: list[str], decoder: bool = False) -> None:
+                   notes: list[str], decoder: bool = False, table_gelu: bool = False) -> None:
+    """Quantise ``src`` to ``dst`` (QDQ), calibrated on ``feeds``; ``table_gelu``: GELUs as uint8 table ops."""
     from edgesam_core.deps import require
+    from edgesam_core.export.int8_gelu import fold_scalar_multiplies, gelus_as_sigmoid_products
 
     q = require("onnxruntime.quantization", extra="onnx", purpose="int8 quantisation")
     onnx = require("onnx", purpose="int8 quantisation")
@@ -240,7 +247,8 @@ def _quantize_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per
         model = onnx.load(str(src))
         if not decoder:  # shapes known before the rewrite
             model = onnx.shape_inference.infer_shapes(model)
-        if broadcast_expanded_gates(model) + (0 if decoder else spatial_means_as_pools(model)):
+        gelus = gelus_as_sigmoid_products(model) if table_gelu else 0
+        if gelus + broadcast_expanded_gates(model) + (0 if decoder else spatial_means_as_pools(model)):
             onnx.save(model, str(unexpanded))
             source = unexpanded
         try:
@@ -261,6 +269,12 @@ def _quantize_file(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per
             calibrate_method=q.CalibrationMethod.MinMax,
             **selection,
         )
+        if gelus:
+            quantized = onnx.load(str(tmp))
+            folded = fold_scalar_multiplies(quantized)
+            onnx.save(quantized, str(tmp))
+            if folded < gelus:
+                notes.append(f"{src.name}: {folded} of {gelus} GELUs run on uint8 tables, the rest in float32")
         tmp.replace(dst)
     finally:
         for leftover in (prepared, tmp, unexpanded):
@@ -386,7 +400,7 @@ def quantize_pair(fp32_encoder: str | Path, opts: QuantizeOptions, progress: Pro
             dec_feeds.append(decoder_feed(prompt, outs[0], outs[1:] or None))
         progress.advance(task)
     progress.update(task, description="Quantising encoder")
-    _quantize_file(fp32_encoder, int8_encoder, enc_feeds, opts.per_channel, notes)
+    _quantize_file(fp32_encoder, int8_encoder, enc_feeds, opts.per_channel, notes, table_gelu=not opts.exact_gelu)
     progress.advance(task)
     progress.update(task, description="Quantising decoder")
     _quantize_file(fp32_decoder, int8_decoder, dec_feeds, opts.per_channel, notes, decoder=True)
@@ -443,8 +457,17 @@ def quantize_pair(fp32_encoder: str | Path, opts: QuantizeOptions, progress: Pro
     return QuantizeReport(
         str(fp32_encoder), str(fp32_decoder), str(int8_encoder), str(int8_decoder),
         len(calib_paths), len(eval_paths), sizes, cos_mean, cos_min, pt_mean, pt_min, box_mean, box_min,
-        stats(iou_mixed)[0], latency, opts.latency_runs, opts.threads, notes, parity,
+        stats(iou_mixed)[0], latency, opts.latency_runs, opts.threads, notes, parity, gelu_form(opts),
     )
+
+
+def gelu_form(opts: QuantizeOptions) -> str:
+    """How ``opts`` has the int8 encoder compute GELU (for the report and the sidecar)."""
+    from edgesam_core.export.int8_gelu import SIGMOID_GELU_ALPHA
+
+    if opts.exact_gelu:
+        return "exact GELU in float32 between dequantisation and quantisation"
+    return f"x*sigmoid({SIGMOID_GELU_ALPHA}x) on uint8 (QLinearSigmoid table, QLinearMul)"
 
 
 def _float64_parity(fp32_encoder: Path, encoder: Any, decoder: Any) -> dict[str, Any]:
@@ -491,6 +514,8 @@ def _write_int8_sidecars(pairs: Iterable[tuple[Path, Path]], opts: QuantizeOptio
                              f"{'/'.join(DECODER_OP_TYPES)} with weights; activation x activation MatMuls fp32",
                              "fp32_source": fp32.name, "fp32_sha256": sha256_file(fp32)},
         })
+        if int8.name.endswith("_encoder.onnx"):
+            meta["quantization"]["gelu"] = gelu_form(opts)
         atomic_write_json(sidecar_path(int8), meta)
 
 
