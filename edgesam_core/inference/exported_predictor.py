@@ -117,17 +117,12 @@ def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int,
     is about 3x faster than the numpy twin, which matters for the per-click latency of the ONNX backends.
     """
     import torch
-    import torch.nn.functional as F
+
+    from edgesam_core.models.sam import resize_mask_logits
 
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32))[None]
-        if x.shape[-1] != img_size:
-            x = F.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=False)
-        x = x[..., : input_size[0], : input_size[1]]
-        if tuple(x.shape[-2:]) != (int(original_size[0]), int(original_size[1])):  # same size: an exact copy
-            x = F.interpolate(x, (int(original_size[0]), int(original_size[1])), mode="bilinear",
-                              align_corners=False)
-        return x[0].numpy()
+        return resize_mask_logits(x, img_size, input_size, original_size)[0].numpy()
 
 
 class ExportedSamPredictor:
