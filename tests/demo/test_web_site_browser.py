@@ -227,6 +227,41 @@ def test_hq_page_masks_equal_python_onnxruntime(driver, tmp_path_factory, ort_we
         assert _compare(driver, predictor, hq=True)[0] >= 0.99
 
 
+def test_int8_page_masks_equal_python_onnxruntime(driver, tmp_path_factory, ort_web, photo_png):
+    """``--int8``: onnxruntime-web runs the int8 encoder (GELUs as uint8 sigmoid tables and products) as Python
+    ONNX Runtime does."""
+    import onnx
+
+    from edgesam_core.demo.site_server import serve_site
+    from edgesam_core.export.web_export import WebExportOptions, export_web
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    folder = tmp_path_factory.mktemp("web_int8")
+    seed, spread = MODELS["edge_sam_dyt_debug"]
+    checkpoint = make_checkpoint("edge_sam_dyt_debug", folder / "tiny.pth", seed=seed, spread=spread)
+    path, image = photo_png
+    photos = folder / "calib"
+    photos.mkdir()
+    for i in range(4):  # other crops of the photo for calibration
+        Image.fromarray(image[20 * i:, 30 * i:]).save(photos / f"crop{i}.png")
+    export_web(checkpoint, folder / "site", WebExportOptions(model_type="edge_sam_dyt_debug", webgpu=False,
+                                                             ort_source=ort_web, int8=True, calib_dir=photos,
+                                                             min_iou=0.0))
+    site = folder / "site"
+    manifest = json.loads((site / "manifest.json").read_text())
+    encoder = site / manifest["graphs"]["encoder"]
+    ops = {n.op_type for n in onnx.load(str(encoder)).graph.node}
+    assert encoder.name.endswith("_int8_encoder.onnx") and "Sigmoid" in ops and "Gelu" not in ops
+    # The site's pair: the int8 encoder with the fp32 (staged) decoder.
+    predictor = OnnxSamPredictor(encoder, site / manifest["graphs"]["decoder_prompts"].replace("_prompts", ""),
+                                 threads=2)
+    predictor.set_image(image)
+    with serve_site(site, port=0) as server:
+        _open(driver, server, path)
+        _segment(driver, lambda: _click(driver, image, (150, 110)), "1")
+        assert _compare(driver, predictor, hq=False)[0] >= 0.99
+
+
 def test_a_page_with_broken_preprocessing_fails_the_same_check(driver, tmp_path_factory, debug_site, photo_png):
     """The gate above is not trivially true: channel statistics in BGR order (a classic port bug) fail it."""
     import shutil
