@@ -20,20 +20,6 @@ from torch import Tensor, nn
 from .layers.common import capturing_graph
 from .transformer import Attention, ImageContext, TwoWayTransformer
 
-
-def rows_times_image(rows: Tensor, x: Tensor) -> Tensor:
-    """``rows`` ``(B, m, C)`` times image tokens ``x`` ``(B, C, n)`` (any strides) -> ``(B, m, n)``.
-
-    Eager, one row set, contiguous ``x``: a 1x1 convolution with ``rows`` as its weight, which oneDNN runs ~1.4x faster
-    than PyTorch's matmul here (measured 0.45-0.68 vs 0.68-1.0 ms for 56x256 by 256x4096, 2 threads).
-    """
-    if (rows.shape[0] != 1 or x.shape[0] != 1 or not x.is_contiguous() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()):
-        return torch.matmul(rows, x)
-    m, c = rows.shape[1:]
-    return torch.nn.functional.conv2d(x.reshape(1, c, -1, 1), rows.reshape(m, c, 1, 1)).reshape(1, m, -1)
-
-
 #: oneDNN's inner product is called directly (a private PyTorch op); off for good once it fails.
 _ONEDNN_LINEAR = True
 
@@ -43,6 +29,27 @@ def _eager_fp32_single(x: Tensor) -> bool:
     directly."""
     return (x.shape[0] == 1 and x.is_contiguous() and x.dtype == torch.float32 and x.device.type == "cpu"
             and not torch.is_grad_enabled() and not capturing_graph() and torch.backends.mkldnn.is_available())
+
+
+def rows_times_image(rows: Tensor, x: Tensor) -> Tensor:
+    """``rows`` ``(B, m, C)`` times image tokens ``x`` ``(B, C, n)`` (any strides) -> ``(B, m, n)``.
+
+    Eager inference, one row set: for contiguous ``x`` a 1x1 convolution with ``rows`` as its weight, which oneDNN
+    runs ~1.4x faster than PyTorch's matmul here (measured 0.45-0.68 vs 0.68-1.0 ms for 56x256 by 256x4096, 2
+    threads); for a transposed view of token-major ``(1, n, C)`` tokens oneDNN's inner product with the tokens
+    as its weight, as stored.
+    """
+    global _ONEDNN_LINEAR
+    if _ONEDNN_LINEAR and rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x.transpose(1, 2)):
+        try:  # token-major image: oneDNN's inner product with the tokens as its (n, C) weight, as stored
+            return torch.ops.mkldnn._linear_pointwise(rows[0], x[0].t(), None, "none", [], "")[None]
+        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
+            _ONEDNN_LINEAR = False
+    if (rows.shape[0] != 1 or x.shape[0] != 1 or not x.is_contiguous() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()):
+        return torch.matmul(rows, x)
+    m, c = rows.shape[1:]
+    return torch.nn.functional.conv2d(x.reshape(1, c, -1, 1), rows.reshape(m, c, 1, 1)).reshape(1, m, -1)
 
 
 def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .layers.common import capturing_graph
 from .layers.dyt import DynamicTanh, SigmoidDynamicTanh
 from .transformer import Attention, ImageContext, TwoWayAttentionBlock, TwoWayTransformer
 from .two_way_absorbed import (
@@ -111,7 +112,8 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
     """:class:`TwoWayTransformer` ``base``'s function with channels-first image tokens (see module docstring).
 
     Its :class:`ImageContext` holds ``keys`` ``(B_img, C, hw)``, ``key_pe`` ``(1, C, hw)`` and the first
-    block's projections as ``(B_img, heads, c, hw)``. ``forward`` returns image tokens as a ``(B, hw, C)`` view.
+    block's projections as ``(B_img, heads, c, hw)``. ``forward`` returns image tokens ``(B, hw, C)``: a view
+    of channels-first memory, or token-major with ``token_major_output``.
     """
 
     def __init__(self, base: TwoWayTransformer) -> None:
@@ -120,6 +122,10 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         self.depth = base.depth
         #: Absorb the image-side projections into the prompt tokens when cheaper (see the module docstring).
         self.absorb_projections = True
+        #: With absorbed projections, the last block writes the image tokens token-major (``(B, hw, C)``
+        #: contiguous): the channels-last order of a channels-last upscaling, which then needs no copy, and the
+        #: final attention's scores run as one inner product (set by ``to_inference_form`` on CPUs; eager only).
+        self.token_major_output = False
 
     @staticmethod
     def key_pe(image_pe: Tensor) -> Tensor:
@@ -146,7 +152,7 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         return ImageContext(keys, context.key_pe, k, v, _heads_cf(q, i2t.num_heads), context.cache)
 
     def _block(self, block: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, context: ImageContext,
-               query_pe: Tensor, first: bool, absorb: bool) -> tuple[Tensor, Tensor]:
+               query_pe: Tensor, first: bool, absorb: bool, token_major: bool = False) -> tuple[Tensor, Tensor]:
         t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
         queries = block.token_self_attention(queries, query_pe)
         later = None
@@ -165,7 +171,9 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         if absorb:
             update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys,
                                               None if first else pe_projection(context, i2t, "q", context.key_pe),
-                                              queries + query_pe, queries)
+                                              queries + query_pe, queries, token_major=token_major)
+            if token_major:  # (B, n, C): the image tokens leave in the upscaling's channels-last order
+                return queries, block.norm4(update.add_(keys.transpose(1, 2)))
         else:
             q_img = context.image_to_token_q if later is None else later.image_to_token_q
             update = _image_to_tokens(i2t, q_img, queries + query_pe, queries)
@@ -181,9 +189,16 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         final = self.base.final_attn_token_to_image
         absorb = self.absorb_projections and absorbs(final, point_embedding.shape[1])
         queries, keys = point_embedding, context.keys
+        last = len(self.base.layers) - 1
+        token_major = absorb and self.token_major_output and last > 0 and not capturing_graph()
         for i, block in enumerate(self.base.layers):
-            queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb)
+            queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb,
+                                        token_major and i == last)
         q = queries + point_embedding
+        if token_major:
+            attended = tokens_to_image_absorbed(final, q, keys.transpose(1, 2),
+                                                pe_projection(context, final, "k", context.key_pe), final.v_proj.bias)
+            return self.base.norm_final_attn(queries + attended), keys
         if absorb:
             attended = tokens_to_image_absorbed(final, q, keys, pe_projection(context, final, "k", context.key_pe),
                                                 final.v_proj.bias)

@@ -125,12 +125,48 @@ def test_absorbed_projections_give_the_same_masks_in_float64(variant, points, im
     assert isinstance(transformer, kind)
     assert absorbs(transformer.base.final_attn_token_to_image, tokens) is (points == 1)
     reference = _decode(plain, emb, sparse, dense, None)
+    layouts = (True, False) if kind is ChannelsFirstTwoWayTransformer else (False,)
+    assert getattr(transformer, "token_major_output", False) is ("dyt" in variant)  # set by to_inference_form
+    token_layouts = []
+    transformer.register_forward_hook(lambda m, args, out: token_layouts.append(out[1].is_contiguous()))
     for absorb in (True, False):
         transformer.absorb_projections = absorb
-        for got in (_decode(model, emb, sparse, dense, None), _decode(model, emb, sparse, dense, None, context)):
-            for r, g in zip(reference, got):
-                torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
+        for token_major in layouts:  # the last block's image tokens token-major or channels-first
+            if token_major or kind is ChannelsFirstTwoWayTransformer:
+                transformer.token_major_output = token_major
+            token_layouts.clear()
+            for got in (_decode(model, emb, sparse, dense, None), _decode(model, emb, sparse, dense, None, context)):
+                for r, g in zip(reference, got):
+                    torch.testing.assert_close(g, r, atol=1e-10, rtol=0)
+            # (B, hw, C) tokens: contiguous when token-major or in the token layout, else a transposed view.
+            expected = kind is AbsorbingTwoWayTransformer or (token_major and absorb and points == 1)
+            assert token_layouts == [expected] * 2, (absorb, token_major, token_layouts)
     assert (reference[0][0] - reference[0][1]).abs().max() > 1e-3
+
+
+def test_scores_on_token_major_tokens_are_the_matmul_within_float32_noise():
+    """Rows times token-major image tokens (the last block's output), which inference runs through oneDNN's
+    inner product: as close to float64 as PyTorch's matmul, within a small factor; batches and autograd take
+    the matmul."""
+    from edgesam_core.models import two_way_absorbed
+    from edgesam_core.models.two_way_absorbed import rows_times_image
+
+    torch.manual_seed(0)
+    rows = torch.randn(1, 56, 256)
+    tokens = 3 * torch.randn(1, 4096, 256)  # token-major; the function takes the (1, C, n) view
+    expected = torch.matmul(rows.double(), tokens.double().transpose(1, 2))
+    with torch.no_grad():
+        fast = rows_times_image(rows, tokens.transpose(1, 2))
+        plain = torch.matmul(rows, tokens.transpose(1, 2))
+    noise = (plain.double() - expected).abs().max().item()
+    assert fast.shape == (1, 56, 4096)
+    assert two_way_absorbed._ONEDNN_LINEAR, "oneDNN's inner product failed and fell back to the matmul"
+    assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    two = rows_times_image(rows.expand(2, -1, -1), tokens.expand(2, -1, -1).transpose(1, 2))
+    torch.testing.assert_close(two, plain.expand(2, -1, -1))
+    rows.requires_grad_(True)
+    rows_times_image(rows, tokens.transpose(1, 2)).sum().backward()
+    assert rows.grad is not None
 
 
 def test_pooled_image_product_is_the_matmul_within_float32_noise():

@@ -40,6 +40,9 @@ def test_inference_form_equals_the_model_in_float64(variant, for_export):
     assert done["channels_first_transformer"] == ("dyt" in variant)
     # PyTorch only: DyT through sigmoid (ONNX Runtime's Tanh is fast); the neck and decoder of DyT variants.
     assert (done["sigmoid_dyts"] > 0) is (not for_export and "dyt" in variant)
+    # PyTorch on CPUs: image tokens token-major out of the channels-first transformer (not HQ: its features
+    # take the plain layout); exports keep channels-first.
+    assert done.get("token_major_output", 0) == (not for_export and variant == "edge_sam_dyt_debug")
     x = torch.randn(1, 3, model.img_size, model.img_size, dtype=torch.float64)
     coords = torch.tensor([[[30.0, 40.0], [90.0, 20.0]]], dtype=torch.float64)
     labels = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
