@@ -57,9 +57,16 @@ def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:
     image: attention weights times the tokens).
 
     Eager inference on one contiguous image: oneDNN's inner product (``x`` is its ``(C, n)`` weight as stored),
-    2x faster than PyTorch's matmul here (measured 0.32 vs 0.63 ms for 56x4096 by 4096x256, 2 threads).
+    2x faster than PyTorch's matmul here (measured 0.32 vs 0.63 ms for 56x4096 by 4096x256, 2 threads); on a
+    transposed view of token-major tokens a 1x1 convolution with the tokens as its input.
     """
     global _ONEDNN_LINEAR
+    if rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x.transpose(1, 2)):
+        # Token-major image: a 1x1 convolution over the tokens as its input channels (measured per click 0.97x
+        # of PyTorch's matmul here).
+        m, n = rows.shape[1:]
+        tokens = x.transpose(1, 2).reshape(1, n, -1, 1)
+        return torch.nn.functional.conv2d(tokens, rows.reshape(m, n, 1, 1)).reshape(1, m, -1)
     if _ONEDNN_LINEAR and rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x):
         try:
             return torch.ops.mkldnn._linear_pointwise(rows[0], x[0], None, "none", [], "")[None]

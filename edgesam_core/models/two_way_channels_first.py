@@ -122,9 +122,10 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         self.depth = base.depth
         #: Absorb the image-side projections into the prompt tokens when cheaper (see the module docstring).
         self.absorb_projections = True
-        #: With absorbed projections, the last block writes the image tokens token-major (``(B, hw, C)``
-        #: contiguous): the channels-last order of a channels-last upscaling, which then needs no copy, and the
-        #: final attention's scores run as one inner product (set by ``to_inference_form`` on CPUs; eager only).
+        #: With absorbed projections, every block writes the image tokens token-major (``(B, hw, C)``
+        #: contiguous): the products with them run as oneDNN inner products on the tokens as stored, and the
+        #: result is the channels-last order of a channels-last upscaling, which then needs no copy (set by
+        #: ``to_inference_form`` on CPUs; eager only). Their projections stay channels-first.
         self.token_major_output = False
 
     @staticmethod
@@ -153,13 +154,17 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
 
     def _block(self, block: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, context: ImageContext,
                query_pe: Tensor, first: bool, absorb: bool, token_major: bool = False) -> tuple[Tensor, Tensor]:
+        """One block; ``token_major`` (absorbed only): the image tokens leave as ``(B, n, C)``, and arrive so
+        after the first block."""
         t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        keys_tm = token_major and not first
+        keys_cf = keys.transpose(1, 2) if keys_tm else keys  # the (B, C, n) view the absorbed products take
         queries = block.token_self_attention(queries, query_pe)
         later = None
         if first:  # the image-side projections come with the context
             attended = _tokens_to_image(t2i, queries + query_pe, context.token_to_image_k, context.token_to_image_v)
         elif absorb:
-            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys,
+            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys_cf,
                                                 pe_projection(context, t2i, "k", context.key_pe), t2i.v_proj.bias)
         else:
             later = self._later_block_context(block, keys, context)
@@ -169,11 +174,11 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         queries = queries + block.mlp(queries)
         queries = block.norm3(queries)
         if absorb:
-            update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys,
+            update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf,
                                               None if first else pe_projection(context, i2t, "q", context.key_pe),
                                               queries + query_pe, queries, token_major=token_major)
-            if token_major:  # (B, n, C): the image tokens leave in the upscaling's channels-last order
-                return queries, block.norm4(update.add_(keys.transpose(1, 2)))
+            if token_major:  # (B, n, C)
+                return queries, block.norm4(update.add_(keys if keys_tm else keys.transpose(1, 2)))
         else:
             q_img = context.image_to_token_q if later is None else later.image_to_token_q
             update = _image_to_tokens(i2t, q_img, queries + query_pe, queries)
@@ -189,11 +194,10 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         final = self.base.final_attn_token_to_image
         absorb = self.absorb_projections and absorbs(final, point_embedding.shape[1])
         queries, keys = point_embedding, context.keys
-        last = len(self.base.layers) - 1
-        token_major = absorb and self.token_major_output and last > 0 and not capturing_graph()
+        token_major = absorb and self.token_major_output and not capturing_graph()
         for i, block in enumerate(self.base.layers):
             queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb,
-                                        token_major and i == last)
+                                        token_major)
         q = queries + point_embedding
         if token_major:
             attended = tokens_to_image_absorbed(final, q, keys.transpose(1, 2),

@@ -189,6 +189,9 @@ def test_pooled_image_product_is_the_matmul_within_float32_noise():
     assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     two = rows_times_image_t(rows.expand(2, -1, -1), x.expand(2, -1, -1))  # batched: the matmul
     torch.testing.assert_close(two, plain.expand(2, -1, -1))
+    with torch.no_grad():  # token-major tokens (a transposed view): the convolution over tokens
+        token_major = rows_times_image_t(rows, x.transpose(1, 2).contiguous().transpose(1, 2))
+    assert (token_major.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     rows.requires_grad_(True)
     rows_times_image_t(rows, x).sum().backward()  # with autograd: the matmul, differentiable
     assert rows.grad is not None
