@@ -70,7 +70,8 @@ class ImageContext:
     token_to_image_k: Tensor
     token_to_image_v: Tensor
     image_to_token_q: Tensor
-    #: Model-only constants an inference form derives from ``key_pe`` (computed on first use).
+    #: What an inference form derives from this context on first use: model constants from ``key_pe``, and
+    #: its image tokens in another layout.
     cache: dict = field(default_factory=dict)
 
     def expand_to(self, num_prompts: int) -> "ImageContext":

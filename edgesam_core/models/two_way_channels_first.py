@@ -98,6 +98,15 @@ def _cached(cache: dict[str, Tensor], kind: str, linear: nn.Linear, key_pe: Tens
     return cache[name]
 
 
+def _token_major(keys: Tensor, cache: dict[str, Tensor]) -> Tensor:
+    """The context's own channels-first image tokens ``(B, C, n)`` as contiguous ``(B, n, C)``, once per context
+    and prompt count (the first block's residual then reads both operands in order: measured per click 0.96x)."""
+    name = f"keys-token-major{tuple(keys.shape)}"
+    if name not in cache:
+        cache[name] = keys.transpose(1, 2).contiguous()
+    return cache[name]
+
+
 def _image_to_tokens(attn: Attention, q_img: Tensor, k_tokens: Tensor, v_tokens: Tensor) -> Tensor:
     """The image attends to prompt tokens, transposed: ``q_img`` ``(B, h, c, n)`` -> update ``(B, C, n)``."""
     k = attn.project("k", k_tokens)  # (B, h, T, c)
@@ -178,7 +187,7 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
                                               None if first else pe_projection(context, i2t, "q", context.key_pe),
                                               queries + query_pe, queries, token_major=token_major)
             if token_major:  # (B, n, C)
-                return queries, block.norm4(update.add_(keys if keys_tm else keys.transpose(1, 2)))
+                return queries, block.norm4(update.add_(keys if keys_tm else _token_major(keys, context.cache)))
         else:
             q_img = context.image_to_token_q if later is None else later.image_to_token_q
             update = _image_to_tokens(i2t, q_img, queries + query_pe, queries)
