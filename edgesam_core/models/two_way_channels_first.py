@@ -208,14 +208,11 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
             queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb,
                                         token_major)
         q = queries + point_embedding
-        if token_major:
-            attended = tokens_to_image_absorbed(final, q, keys.transpose(1, 2),
-                                                pe_projection(context, final, "k", context.key_pe), final.v_proj.bias)
-            return self.base.norm_final_attn(queries + attended), keys
+        keys_cf = keys.transpose(1, 2) if token_major else keys  # (B, C, n)
         if absorb:
-            attended = tokens_to_image_absorbed(final, q, keys, pe_projection(context, final, "k", context.key_pe),
+            attended = tokens_to_image_absorbed(final, q, keys_cf, pe_projection(context, final, "k", context.key_pe),
                                                 final.v_proj.bias)
         else:
             k_img, v_img = _image_keys_values(final, keys, context.key_pe, context.cache)
             attended = _tokens_to_image(final, q, k_img, v_img, final.v_proj.bias)
-        return self.base.norm_final_attn(queries + attended), keys.transpose(1, 2)
+        return self.base.norm_final_attn(queries + attended), keys_cf.transpose(1, 2)

@@ -131,8 +131,8 @@ def test_absorbed_projections_give_the_same_masks_in_float64(variant, points, im
     transformer.register_forward_hook(lambda m, args, out: token_layouts.append(out[1].is_contiguous()))
     for absorb in (True, False):
         transformer.absorb_projections = absorb
-        for token_major in layouts:  # the last block's image tokens token-major or channels-first
-            if token_major or kind is ChannelsFirstTwoWayTransformer:
+        for token_major in layouts:  # the blocks' image tokens token-major or channels-first
+            if kind is ChannelsFirstTwoWayTransformer:
                 transformer.token_major_output = token_major
             token_layouts.clear()
             for got in (_decode(model, emb, sparse, dense, None), _decode(model, emb, sparse, dense, None, context)):
@@ -145,9 +145,9 @@ def test_absorbed_projections_give_the_same_masks_in_float64(variant, points, im
 
 
 def test_scores_on_token_major_tokens_are_the_matmul_within_float32_noise():
-    """Rows times token-major image tokens (the last block's output), which inference runs through oneDNN's
-    inner product: as close to float64 as PyTorch's matmul, within a small factor; batches and autograd take
-    the matmul."""
+    """Rows times token-major image tokens (every block's output in the token-major inference form), which
+    inference runs through oneDNN's inner product: as close to float64 as PyTorch's matmul, within a small
+    factor; batches and autograd take the matmul."""
     from edgesam_core.models import two_way_absorbed
     from edgesam_core.models.two_way_absorbed import rows_times_image
 
