@@ -417,9 +417,17 @@ def run_benchmark(settings: BenchmarkSettings, progress: Progress | None = None)
     from .inference.artifact_loader import resolve_device
 
     resolve_device(settings.device)  # a missing GPU is an error for the whole run (exit code 3), not a skip
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
-    progress = progress or NullProgress()
+    callers_threads = torch.get_num_threads()
+    try:  # the thread count is process-wide: the caller gets its own back
+        if settings.threads:
+            torch.set_num_threads(int(settings.threads))
+        return _measure_backends(settings, progress or NullProgress())
+    finally:
+        torch.set_num_threads(callers_threads)
+
+
+def _measure_backends(settings: BenchmarkSettings, progress: Progress) -> BenchmarkReport:
+    """:func:`run_benchmark` once its settings are checked and its thread count is set."""
     _check_exported_model(settings.checkpoint)
     weights = (str(settings.checkpoint) if settings.checkpoint is not None
                else "random (seeded); latency does not depend on weight values")

@@ -27,6 +27,7 @@ from .two_way_absorbed import (
     attention_softmax,
     image_to_tokens_absorbed,
     pe_projection,
+    token_mlp,
     tokens_to_image_absorbed,
 )
 
@@ -180,7 +181,7 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
             attended = _tokens_to_image(t2i, queries + query_pe, later.token_to_image_k, later.token_to_image_v,
                                         t2i.v_proj.bias)
         queries = block.norm2(queries + attended)
-        queries = queries + block.mlp(queries)
+        queries = queries + token_mlp(block.mlp, queries)
         queries = block.norm3(queries)
         if absorb:
             update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf,

@@ -71,10 +71,18 @@ def test_evaluate_cli_reports_bad_input(debug_model_files, tmp_path):
 
 
 def test_benchmark_cli_torch_and_onnx(tmp_path):
+    import torch
+
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    result = _invoke(["benchmark", "--model", MODEL, "--backends", "torch,onnx,onnx-fp16", "--threads", "1",
-                      "--runs", "3", "--warmup", "1", "--image-size", "96x64", "--out", str(out)])
+    callers_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = _invoke(["benchmark", "--model", MODEL, "--backends", "torch,onnx,onnx-fp16", "--threads", "1",
+                          "--runs", "3", "--warmup", "1", "--image-size", "96x64", "--out", str(out)])
+        assert torch.get_num_threads() == 2  # --threads is for the run: the process's own count comes back
+    finally:
+        torch.set_num_threads(callers_threads)
     assert "random weights" in result.output
     report = json.loads(out.read_text())
     assert report["settings"]["weights"].startswith("random")

@@ -189,9 +189,65 @@ def test_pooled_image_product_is_the_matmul_within_float32_noise():
     assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     two = rows_times_image_t(rows.expand(2, -1, -1), x.expand(2, -1, -1))  # batched: the matmul
     torch.testing.assert_close(two, plain.expand(2, -1, -1))
-    with torch.no_grad():  # token-major tokens (a transposed view): the convolution over tokens
+    with torch.no_grad():  # token-major tokens (a transposed view): the inner product on them as stored
         token_major = rows_times_image_t(rows, x.transpose(1, 2).contiguous().transpose(1, 2))
+    assert two_way_absorbed._ONEDNN_LINEAR
     assert (token_major.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     rows.requires_grad_(True)
     rows_times_image_t(rows, x).sum().backward()  # with autograd: the matmul, differentiable
     assert rows.grad is not None
+
+
+def test_token_major_image_update_is_the_matmul_within_float32_noise():
+    """The image tokens' update written token-major (attention weights transposed times the mixed values, plus
+    the output bias), which inference runs through oneDNN's inner product with the bias fused: as close to
+    float64 as PyTorch's matmul, within a small factor; batches and autograd take the matmul."""
+    from edgesam_core.models import two_way_absorbed
+    from edgesam_core.models.two_way_absorbed import image_update_token_major
+
+    torch.manual_seed(0)
+    weights_t = torch.softmax(torch.randn(1, 56, 4096), dim=1)
+    mixed = 3 * torch.randn(1, 256, 56)
+    bias = torch.randn(256)
+    expected = torch.matmul(weights_t.double().transpose(1, 2), mixed.double().transpose(1, 2)) + bias.double()
+    with torch.no_grad():
+        fast = image_update_token_major(weights_t, mixed, bias)
+        plain = torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
+    noise = (plain.double() - expected).abs().max().item()
+    assert fast.shape == (1, 4096, 256) and fast.is_contiguous()
+    assert two_way_absorbed._ONEDNN_LINEAR, "oneDNN's inner product failed and fell back to the matmul"
+    assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    two = image_update_token_major(weights_t.expand(2, -1, -1), mixed.expand(2, -1, -1), bias)
+    torch.testing.assert_close(two, plain.expand(2, -1, -1))
+    mixed.requires_grad_(True)
+    image_update_token_major(weights_t, mixed, bias).sum().backward()  # with autograd: the matmul
+    assert mixed.grad is not None
+
+
+def test_prompt_token_mlp_is_the_block_mlp_within_float32_noise():
+    """A block's ReLU MLP on the prompt tokens, which inference runs as two oneDNN inner products (ReLU fused):
+    as close to float64 as the module itself, within a small factor; other activations, batches and autograd
+    run the module."""
+    from edgesam_core.models import two_way_absorbed
+    from edgesam_core.models.layers.common import MLPBlock
+    from edgesam_core.models.two_way_absorbed import token_mlp
+
+    torch.manual_seed(0)
+    mlp = MLPBlock(256, 2048, torch.nn.ReLU)
+    x = 2 * torch.randn(1, 7, 256)
+    expected = mlp.double()(x.double())
+    mlp.float()
+    with torch.no_grad():
+        fast, plain = token_mlp(mlp, x), mlp(x)
+    noise = (plain.double() - expected).abs().max().item()
+    assert two_way_absorbed._ONEDNN_LINEAR, "oneDNN's inner product failed and fell back to the module"
+    assert fast.shape == (1, 7, 256)
+    assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    assert (plain - mlp.lin2(mlp.lin1(x))).abs().max() > 1e-2  # the ReLU matters on this input
+    with torch.no_grad():
+        torch.testing.assert_close(token_mlp(mlp, x.expand(2, -1, -1)), plain.expand(2, -1, -1))
+        gelu = MLPBlock(256, 2048)
+        torch.testing.assert_close(token_mlp(gelu, x), gelu(x))
+    x.requires_grad_(True)
+    token_mlp(mlp, x).sum().backward()
+    assert x.grad is not None
