@@ -9,8 +9,9 @@ in its inference form.
 
 Everything mode runs on a real photo (matplotlib's ``grace_hopper.jpg``, resized to 1024x768) with SAM's
 32x32 grid and with ``--everything --fast`` (``FAST_EVERYTHING``); its cost is reported in reference-encoder
-times measured in the same run. Random weights (prompt path spread so masks vary) unless ``--checkpoint``:
-latency does not depend on the values, mask counts do.
+times measured in the same run, with where it went (``profile_s``: seconds in the encoder, the decoder calls,
+the upscaling of surviving masks and the rest; ``decoder_share``). Random weights (prompt path spread so masks
+vary) unless ``--checkpoint``: latency does not depend on the values, mask counts do.
 
     python benchmarks/bench_decoder.py --reference /scratch/upstream_export --checkpoint w.pth \\
         --out benchmarks/results/bench_decoder_edge_sam_dyt_2threads.json
@@ -23,7 +24,10 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +35,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import build_model, emit_json, interleaved_rounds, ort_session, previous_pair, scratch_dir  # noqa: E402
+
+#: The mask generator's calls into its predictor, timed in everything mode: the encoder (plus the decoder's
+#: per-image stage), the decoder calls (prompt encoding, mask decoder, low-resolution scores) and the upscaling of
+#: the masks that pass the low-resolution filter. The rest is the generator's own work (filters, boxes, RLE, NMS).
+PROFILED_STEPS = ("set_image", "predict_low_res_torch", "upscale_masks")
+
+
+@contextmanager
+def time_spent_in(obj: object, methods: tuple[str, ...]) -> Iterator[dict[str, float]]:
+    """Seconds spent in each of ``obj``'s ``methods`` while the block runs (instance-level wrappers, removed
+    after)."""
+    spent = dict.fromkeys(methods, 0.0)
+
+    def timed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return call
+
+    for name in methods:
+        setattr(obj, name, timed(name, getattr(obj, name)))
+    try:
+        yield spent
+    finally:
+        for name in methods:
+            delattr(obj, name)
 
 
 def _photo() -> np.ndarray:
@@ -61,7 +94,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from edgesam_core.export.onnx_export import OnnxExportOptions, export_onnx, prepare_image
+    from edgesam_core.export.onnx_export import (
+        OnnxExportOptions,
+        export_onnx,
+        prepare_image,
+    )
     from edgesam_core.inference import SamAutomaticMaskGenerator, SamPredictor
     from edgesam_core.inference.onnx_predictor import OnnxSamPredictor, pack_prompts
     from edgesam_core.inference.segment_prompts import FAST_EVERYTHING
@@ -121,14 +158,19 @@ def main() -> None:
     for _ in range(args.everything_rounds):
         for name, (predictor, options) in everything.items():
             generator = SamAutomaticMaskGenerator(predictor, **options)
-            start = time.perf_counter()
-            records = generator.generate(photo)
-            seconds = time.perf_counter() - start
-            entry = every.setdefault(name, {"seconds": [], "masks": len(records)})
+            with time_spent_in(predictor, PROFILED_STEPS) as spent:
+                start = time.perf_counter()
+                records = generator.generate(photo)
+                seconds = time.perf_counter() - start
+            entry = every.setdefault(name, {"seconds": [], "masks": len(records), "profile_s": []})
             entry["seconds"].append(round(seconds, 3))
+            entry["profile_s"].append({**{k: round(v, 3) for k, v in spent.items()},
+                                       "rest": round(seconds - sum(spent.values()), 3)})
     for entry in every.values():
         entry["median_s"] = statistics.median(entry["seconds"])
         entry["reference_encoder_times"] = round(entry["median_s"] * 1000 / median["ref_encoder"], 1)
+        decoder = [p["predict_low_res_torch"] / s for p, s in zip(entry["profile_s"], entry["seconds"])]
+        entry["decoder_share"] = round(statistics.median(decoder), 3)
 
     ratios = {
         "prompt_stage_click/ref_decoder_click": median["our_prompt_stage_click"] / median["ref_decoder_click"],
@@ -150,7 +192,8 @@ def main() -> None:
         print(f"{name:42s} {value:.3f}")
     for name, entry in every.items():
         print(f"everything {name:12s} {entry['median_s']:7.2f} s  {entry['masks']:4d} masks  "
-              f"{entry['reference_encoder_times']:6.1f} reference-encoder times")
+              f"{entry['reference_encoder_times']:6.1f} reference-encoder times  "
+              f"decoder calls {100 * entry['decoder_share']:.0f} %  (last run, s: {entry['profile_s'][-1]})")
     emit_json(result, args.out)
 
 

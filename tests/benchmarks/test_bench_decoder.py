@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decoder.py"
 
 
@@ -23,4 +25,11 @@ def test_bench_decoder_reports_clicks_ratios_and_everything_mode(tmp_path: Path)
     assert set(result["everything"]) == {"onnx_32x32", "torch_32x32", "onnx_fast", "torch_fast"}
     for entry in result["everything"].values():
         assert entry["median_s"] > 0 and entry["reference_encoder_times"] > 0
+        # Where the time went: one image encoding, decoder calls, and the parts add up to the run's time.
+        (profile,) = entry["profile_s"]
+        assert set(profile) == {"set_image", "predict_low_res_torch", "upscale_masks", "rest"}
+        assert profile["set_image"] > 0 and profile["predict_low_res_torch"] > 0 and profile["rest"] >= -1e-3
+        assert sum(profile.values()) == pytest.approx(entry["seconds"][0], abs=5e-3)
+        assert entry["decoder_share"] == pytest.approx(profile["predict_low_res_torch"] / entry["seconds"][0],
+                                                       abs=2e-3)
     assert all(ratio > 0 for ratio in result["ratios"].values())
