@@ -71,21 +71,26 @@ def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(rows, x.transpose(1, 2))
 
 
-def image_update_token_major(weights_t: Tensor, mixed: Tensor, bias: Tensor) -> Tensor:
-    """``weights_t`` ``(B, m, n)`` transposed times ``mixed`` ``(B, C, m)`` transposed, plus ``bias`` ``(C,)``:
-    the image tokens' update ``(B, n, C)``, token-major.
+def image_update_token_major(scores_t: Tensor, mixed: Tensor, bias: Tensor) -> Tensor:
+    """The image tokens' update ``(B, n, C)``, token-major: the softmax over the prompt tokens of the (scaled)
+    scores ``scores_t`` ``(B, h, T, n)``, transposed, times ``mixed`` ``(B, C, hT)`` transposed, plus ``bias``.
 
-    Eager inference on one image: the weights transposed to ``(n, m)`` once, then oneDNN's inner product with the
-    bias fused (0.96x per click of PyTorch's batched matmul on the transposed views, whose kernel is 2x slower
-    here: measured 0.34 vs 0.70 ms for 4096x56 by 56x256, 2 threads).
+    Eager inference on one image: the softmax writes its weights transposed, ``(n, hT)`` (no separate
+    transpose: measured per click 0.94-0.95x), then oneDNN's inner product with the bias fused (0.96x per click
+    of PyTorch's batched matmul on the transposed views, whose kernel is 2x slower here: measured 0.34 vs
+    0.70 ms for 4096x56 by 56x256, 2 threads).
     """
     global _ONEDNN_LINEAR
-    if _ONEDNN_LINEAR and mixed.shape[0] == 1 and mixed.dtype == weights_t.dtype and _eager_fp32_single(weights_t):
+    b, heads, t, n = scores_t.shape
+    if _ONEDNN_LINEAR and b == 1 and mixed.dtype == scores_t.dtype and _eager_fp32_single(scores_t):
         try:
-            rows = weights_t[0].t().contiguous()
-            return torch.ops.mkldnn._linear_pointwise(rows, mixed[0], bias, "none", [], "")[None]
+            e = torch.exp(scores_t - scores_t.amax(dim=-2, keepdim=True))  # attention_softmax's steps
+            weights = torch.empty(n, heads * t, dtype=e.dtype)
+            torch.div(e, e.sum(dim=-2, keepdim=True), out=weights.t().view(1, heads, t, n))
+            return torch.ops.mkldnn._linear_pointwise(weights, mixed[0], bias, "none", [], "")[None]
         except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
             _ONEDNN_LINEAR = False
+    weights_t = attention_softmax(scores_t, -2).reshape(b, heads * t, n)
     return torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
 
 
@@ -97,7 +102,9 @@ def token_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
     faster than PyTorch's ``addmm`` here (measured 136 vs 221 us and 134 vs 189 us with cold caches, 2 threads).
     """
     global _ONEDNN_LINEAR
-    if _ONEDNN_LINEAR and isinstance(mlp.act, nn.ReLU) and _eager_fp32_single(x):
+    plain = (isinstance(getattr(mlp, "act", None), nn.ReLU)
+             and all(type(getattr(mlp, name, None)) is nn.Linear for name in ("lin1", "lin2")))  # no wrappers
+    if _ONEDNN_LINEAR and plain and _eager_fp32_single(x):
         try:
             hidden = torch.ops.mkldnn._linear_pointwise(x, mlp.lin1.weight, mlp.lin1.bias, "relu", [], "")
             return torch.ops.mkldnn._linear_pointwise(hidden, mlp.lin2.weight, mlp.lin2.bias, "none", [], "")
@@ -164,19 +171,20 @@ def image_to_tokens_absorbed(attn: Attention, q_img: Optional[Tensor], keys: Ten
     k = attn.project("k", k_tokens)  # (B, h, T, c)
     v = attn.project("v", v_tokens)
     b, _, t, c = k.shape
+    if token_major:  # the softmax's scale on the few prompt tokens instead of on every score
+        k = k * (1.0 / math.sqrt(c))
     if q_img is None:
         kq = torch.matmul(k, head_weights(attn.q_proj, heads))  # (B, h, T, C)
         scores_t = rows_times_image(kq.reshape(b, heads * t, -1), keys).reshape(b, heads, t, -1)
         scores_t = scores_t + torch.matmul(k, q_pe)
     else:
         scores_t = torch.matmul(k, q_img)  # (B, h, T, n)
-    weights_t = attention_softmax(scores_t / math.sqrt(c), -2)
     out_w = attn.out_proj.weight.reshape(-1, heads, c).transpose(0, 1)  # (h, C, c)
     mixed = torch.matmul(out_w, v.transpose(-1, -2))  # (B, h, C, T)
     mixed = mixed.transpose(1, 2).reshape(b, -1, heads * t)  # (B, C, hT)
-    weights_t = weights_t.reshape(b, heads * t, -1)
     if token_major:  # (B, n, hT) x (B, hT, C)
-        return image_update_token_major(weights_t, mixed, attn.out_proj.bias)
+        return image_update_token_major(scores_t, mixed, attn.out_proj.bias)
+    weights_t = attention_softmax(scores_t / math.sqrt(c), -2).reshape(b, heads * t, -1)
     update = rows_times_image(mixed, weights_t)  # (B, C, n)
     return update + attn.out_proj.bias.unsqueeze(-1)
 

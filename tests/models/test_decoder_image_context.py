@@ -199,28 +199,34 @@ def test_pooled_image_product_is_the_matmul_within_float32_noise():
 
 
 def test_token_major_image_update_is_the_matmul_within_float32_noise():
-    """The image tokens' update written token-major (attention weights transposed times the mixed values, plus
-    the output bias), which inference runs through oneDNN's inner product with the bias fused: as close to
-    float64 as PyTorch's matmul, within a small factor; batches and autograd take the matmul."""
+    """The image tokens' update written token-major (the softmax over the prompt tokens, transposed, times the
+    mixed values, plus the output bias), which inference runs with the softmax writing its weights transposed
+    and oneDNN's inner product with the bias fused: as close to float64 as PyTorch's own softmax and matmul,
+    within a small factor; batches and autograd take the plain path."""
     from edgesam_core.models import two_way_absorbed
     from edgesam_core.models.two_way_absorbed import image_update_token_major
 
     torch.manual_seed(0)
-    weights_t = torch.softmax(torch.randn(1, 56, 4096), dim=1)
+    scores_t = 4 * torch.randn(1, 8, 7, 4096)
     mixed = 3 * torch.randn(1, 256, 56)
     bias = torch.randn(256)
-    expected = torch.matmul(weights_t.double().transpose(1, 2), mixed.double().transpose(1, 2)) + bias.double()
+
+    def reference(scores, values, b):
+        weights = torch.softmax(scores, dim=-2).reshape(scores.shape[0], 56, 4096)
+        return torch.matmul(weights.transpose(1, 2), values.transpose(1, 2)) + b
+
+    expected = reference(scores_t.double(), mixed.double(), bias.double())
     with torch.no_grad():
-        fast = image_update_token_major(weights_t, mixed, bias)
-        plain = torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
+        fast = image_update_token_major(scores_t, mixed, bias)
+        plain = reference(scores_t, mixed, bias)
     noise = (plain.double() - expected).abs().max().item()
     assert fast.shape == (1, 4096, 256) and fast.is_contiguous()
     assert two_way_absorbed._ONEDNN_LINEAR, "oneDNN's inner product failed and fell back to the matmul"
     assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
-    two = image_update_token_major(weights_t.expand(2, -1, -1), mixed.expand(2, -1, -1), bias)
+    two = image_update_token_major(scores_t.expand(2, -1, -1, -1), mixed.expand(2, -1, -1), bias)
     torch.testing.assert_close(two, plain.expand(2, -1, -1))
     mixed.requires_grad_(True)
-    image_update_token_major(weights_t, mixed, bias).sum().backward()  # with autograd: the matmul
+    image_update_token_major(scores_t, mixed, bias).sum().backward()  # with autograd: the plain path
     assert mixed.grad is not None
 
 
@@ -248,6 +254,15 @@ def test_prompt_token_mlp_is_the_block_mlp_within_float32_noise():
         torch.testing.assert_close(token_mlp(mlp, x.expand(2, -1, -1)), plain.expand(2, -1, -1))
         gelu = MLPBlock(256, 2048)
         torch.testing.assert_close(token_mlp(gelu, x), gelu(x))
+
+        class Adapted(torch.nn.Linear):  # a linear with more than its weight (an adapter): runs as the module
+            def forward(self, inputs):
+                return super().forward(inputs) + 1.0
+
+        adapted = MLPBlock(256, 2048, torch.nn.ReLU)
+        adapted.lin2 = Adapted(2048, 256)
+        torch.testing.assert_close(token_mlp(adapted, x), adapted(x))
+    assert two_way_absorbed._ONEDNN_LINEAR
     x.requires_grad_(True)
     token_mlp(mlp, x).sum().backward()
     assert x.grad is not None
