@@ -24,6 +24,20 @@ from .transformer import Attention, ImageContext, TwoWayTransformer
 _ONEDNN_LINEAR = True
 
 
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, post_op: str = "none"
+                   ) -> Optional[Tensor]:
+    """oneDNN's inner product ``post_op(x @ weight.T + bias)`` (``weight`` of any strides), or None once the
+    private op has failed (then the callers run PyTorch's own modules, for good)."""
+    global _ONEDNN_LINEAR
+    if not _ONEDNN_LINEAR:
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], "")
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
+        _ONEDNN_LINEAR = False
+        return None
+
+
 def _eager_fp32_single(x: Tensor) -> bool:
     """One contiguous float32 image, no autograd, not traced or exported: where oneDNN's kernels may be called
     directly."""
@@ -39,12 +53,10 @@ def rows_times_image(rows: Tensor, x: Tensor) -> Tensor:
     threads); for a transposed view of token-major ``(1, n, C)`` tokens oneDNN's inner product with the tokens
     as its weight, as stored.
     """
-    global _ONEDNN_LINEAR
-    if _ONEDNN_LINEAR and rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x.transpose(1, 2)):
-        try:  # token-major image: oneDNN's inner product with the tokens as its (n, C) weight, as stored
-            return torch.ops.mkldnn._linear_pointwise(rows[0], x[0].t(), None, "none", [], "")[None]
-        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
-            _ONEDNN_LINEAR = False
+    if rows.shape[0] == 1 and rows.dtype == x.dtype and _eager_fp32_single(x.transpose(1, 2)):
+        out = _onednn_linear(rows[0], x[0].t())  # token-major image: the tokens as the (n, C) weight, as stored
+        if out is not None:
+            return out[None]
     if (rows.shape[0] != 1 or x.shape[0] != 1 or not x.is_contiguous() or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export()):
         return torch.matmul(rows, x)
@@ -61,13 +73,11 @@ def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:
     0.32 vs 0.63 ms for 56x4096 by 4096x256, 2 threads), and on token-major tokens 0.91x per click of a 1x1
     convolution over the tokens.
     """
-    global _ONEDNN_LINEAR
-    if (_ONEDNN_LINEAR and rows.shape[0] == 1 and rows.dtype == x.dtype
+    if (rows.shape[0] == 1 and rows.dtype == x.dtype
             and (_eager_fp32_single(x) or _eager_fp32_single(x.transpose(1, 2)))):
-        try:
-            return torch.ops.mkldnn._linear_pointwise(rows[0], x[0], None, "none", [], "")[None]
-        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
-            _ONEDNN_LINEAR = False
+        out = _onednn_linear(rows[0], x[0])
+        if out is not None:
+            return out[None]
     return torch.matmul(rows, x.transpose(1, 2))
 
 
@@ -80,16 +90,14 @@ def image_update_token_major(scores_t: Tensor, mixed: Tensor, bias: Tensor) -> T
     of PyTorch's batched matmul on the transposed views, whose kernel is 2x slower here: measured 0.34 vs
     0.70 ms for 4096x56 by 56x256, 2 threads).
     """
-    global _ONEDNN_LINEAR
     b, heads, t, n = scores_t.shape
     if _ONEDNN_LINEAR and b == 1 and mixed.dtype == scores_t.dtype and _eager_fp32_single(scores_t):
-        try:
-            e = torch.exp(scores_t - scores_t.amax(dim=-2, keepdim=True))  # attention_softmax's steps
-            weights = torch.empty(n, heads * t, dtype=e.dtype)
-            torch.div(e, e.sum(dim=-2, keepdim=True), out=weights.t().view(1, heads, t, n))
-            return torch.ops.mkldnn._linear_pointwise(weights, mixed[0], bias, "none", [], "")[None]
-        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
-            _ONEDNN_LINEAR = False
+        e = torch.exp(scores_t - scores_t.amax(dim=-2, keepdim=True))  # attention_softmax's steps
+        weights = torch.empty(n, heads * t, dtype=e.dtype)
+        torch.div(e, e.sum(dim=-2, keepdim=True), out=weights.t().view(1, heads, t, n))
+        out = _onednn_linear(weights, mixed[0], bias)
+        if out is not None:
+            return out[None]
     weights_t = attention_softmax(scores_t, -2).reshape(b, heads * t, n)
     return torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
 
@@ -101,15 +109,13 @@ def token_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
     With 7 tokens the products stream their weights (2 MB each for SAM's 256x2048), which oneDNN does 1.4-1.7x
     faster than PyTorch's ``addmm`` here (measured 136 vs 221 us and 134 vs 189 us with cold caches, 2 threads).
     """
-    global _ONEDNN_LINEAR
     plain = (isinstance(getattr(mlp, "act", None), nn.ReLU)
              and all(type(getattr(mlp, name, None)) is nn.Linear for name in ("lin1", "lin2")))  # no wrappers
-    if _ONEDNN_LINEAR and plain and _eager_fp32_single(x):
-        try:
-            hidden = torch.ops.mkldnn._linear_pointwise(x, mlp.lin1.weight, mlp.lin1.bias, "relu", [], "")
-            return torch.ops.mkldnn._linear_pointwise(hidden, mlp.lin2.weight, mlp.lin2.bias, "none", [], "")
-        except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # a private op that changed
-            _ONEDNN_LINEAR = False
+    if plain and _eager_fp32_single(x):
+        hidden = _onednn_linear(x, mlp.lin1.weight, mlp.lin1.bias, "relu")
+        out = None if hidden is None else _onednn_linear(hidden, mlp.lin2.weight, mlp.lin2.bias)
+        if out is not None:
+            return out
     return mlp(x)
 
 

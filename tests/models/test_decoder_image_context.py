@@ -266,3 +266,40 @@ def test_prompt_token_mlp_is_the_block_mlp_within_float32_noise():
     x.requires_grad_(True)
     token_mlp(mlp, x).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("variant", ["edge_sam_dyt_debug", "edge_sam_debug"])
+def test_a_failing_onednn_op_falls_back_to_pytorchs_modules_for_good(variant, monkeypatch):
+    """If PyTorch's private inner-product op ever fails (renamed, new signature), the float32 inference form
+    switches its oneDNN calls off and gives the same masks through PyTorch's own modules."""
+    import types
+
+    from edgesam_core.models import two_way_absorbed
+
+    torch.manual_seed(0)
+    model = perturb_prompt_path(build_sam(variant)).eval()
+    to_inference_form(model)
+    grid = model.prompt_encoder.get_dense_pe().shape[-1]
+    emb = torch.randn(1, model.mask_decoder.transformer_dim, grid, grid)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=(torch.tensor([[[30.0, 40.0]]]), torch.ones(1, 1)), boxes=None,
+                                             masks=None)
+    monkeypatch.setattr(two_way_absorbed, "_ONEDNN_LINEAR", True)  # restored after the test
+    fast = _decode(model, emb, sparse, dense, None)
+    assert two_way_absorbed._ONEDNN_LINEAR
+    calls = []
+
+    def changed_op(*args):
+        calls.append(len(args))
+        raise TypeError("_linear_pointwise() takes 5 positional arguments but 6 were given")
+
+    upscaling_op = torch.ops.mkldnn._convolution_transpose_pointwise  # the other private op, kept working
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace(_linear_pointwise=changed_op,
+                                                                   _convolution_transpose_pointwise=upscaling_op))
+    fallback = _decode(model, emb, sparse, dense, None)
+    assert calls == [6] and not two_way_absorbed._ONEDNN_LINEAR  # tried once, then off
+    again = _decode(model, emb, sparse, dense, None)
+    assert calls == [6]
+    for f, b, a in zip(fast, fallback, again):
+        torch.testing.assert_close(b, f, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
