@@ -45,19 +45,25 @@ def emit_json(result: dict, out: str | Path | None) -> None:
     print(text)
 
 
-def interleaved_rounds(cases: dict[str, Any], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each case: one warm-up each, then ``rounds`` rounds visiting every case in turn
-    (interleaved, so drift in the machine's speed hits all cases alike)."""
+def interleaved_rounds(cases: dict[str, Any], rounds: int, seed: int = 0) -> dict[str, list[float]]:
+    """Milliseconds per call of each case: one warm-up each, then ``rounds`` rounds visiting every case once, in
+    an order shuffled each round (seeded): drift in the machine's speed hits all cases alike, and no case always
+    follows the same one (a case run after a big one finds the caches cold: measured up to 10 % per click)."""
+    import random
     import time
 
     import torch
 
     times: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases)
+    rng = random.Random(seed)
     with torch.inference_mode():
         for fn in cases.values():
             fn()
         for _ in range(rounds):
-            for name, fn in cases.items():
+            rng.shuffle(order)
+            for name in order:
+                fn = cases[name]
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) * 1000)

@@ -146,6 +146,10 @@ def main() -> None:
         "our_prompt_stage_click": lambda: s["our_prompt_stage"].run(None, stage_feed),
         "onnx_predict": lambda: onnx_predictor.predict(**click),
         "torch_predict": lambda: torch_predictor.predict(**click),
+        # The work of the ONNX prompt stage in PyTorch: the click (plus SAM's padding point) to scores and
+        # 256x256 logits, nothing upscaled.
+        "torch_low_res_click": lambda: torch_predictor.predict_low_res_torch(
+            torch.tensor([[[500.0, 375.0]]]) * model.img_size / 1024, torch.ones(1, 1, dtype=torch.long), 3, False),
     }
     times = interleaved_rounds(cases, args.rounds)
     median = {name: statistics.median(v) for name, v in times.items()}
@@ -176,6 +180,7 @@ def main() -> None:
         "prompt_stage_click/ref_decoder_click": median["our_prompt_stage_click"] / median["ref_decoder_click"],
         "torch_predict/onnx_predict": median["torch_predict"] / median["onnx_predict"],
         "torch_predict/prompt_stage_click": median["torch_predict"] / median["our_prompt_stage_click"],
+        "torch_low_res_click/prompt_stage_click": median["torch_low_res_click"] / median["our_prompt_stage_click"],
         "our_encoder_and_image_stage/ref_encoder": median["our_encoder_and_image_stage"] / median["ref_encoder"],
     }
     result = {"settings": vars(args) | {"out": str(args.out) if args.out else None,

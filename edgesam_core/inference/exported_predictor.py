@@ -125,6 +125,21 @@ def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int,
         return resize_mask_logits(x, img_size, input_size, original_size)[0].numpy()
 
 
+def postprocess_binary_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
+                             original_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    """``postprocess_masks(...) > threshold``: the same pixels (at SAM's threshold 0 computed as
+    ``edgesam_core.models.mask_resize.mask_logits_positive`` does)."""
+    import torch
+
+    from edgesam_core.models.mask_resize import mask_logits_positive
+
+    if threshold != 0.0:
+        return postprocess_masks(low_res, img_size, input_size, original_size) > threshold
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32))[None]
+        return mask_logits_positive(x, img_size, input_size, original_size)[0].numpy()
+
+
 class ExportedSamPredictor:
     """The ``SamPredictor`` API over an exported model's runners (ONNX Runtime, LiteRT, TensorRT).
 
@@ -239,9 +254,11 @@ class ExportedSamPredictor:
             if best_only and len(scores) > 1:
                 keep = int(np.argmax(np.nan_to_num(stability, nan=-1.0)))
                 scores, logits, low_res = scores[keep:keep + 1], logits[keep:keep + 1], low_res[keep:keep + 1]
-        masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.mask_threshold
+        if return_logits:
+            masks = postprocess_masks(logits, self.img_size, self.input_size, self.original_size)
+        else:
+            masks = postprocess_binary_masks(logits, self.img_size, self.input_size, self.original_size,
+                                             self.mask_threshold)
         return Prediction(masks, scores, low_res)
 
     def predict_torch(

@@ -333,9 +333,8 @@ class SamPredictor:
                                                     ": load a tasks file first (--tasks FILE)"))
         features = self.features[0] if isinstance(self.features, tuple) else self.features
         low_res, iou = decode_task(self.model, features, tasks[name])
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.mask_threshold
+        postprocess = self.model.postprocess_masks if return_logits else self.model.postprocess_binary_masks
+        masks = postprocess(low_res, self.input_size, self.original_size)
         return Prediction(masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy())
 
     @torch.no_grad()
@@ -447,13 +446,11 @@ class SamPredictor:
                 keep = torch.nan_to_num(stability.float(), nan=-1.0).argmax(dim=1, keepdim=True)
                 low_res = low_res.gather(1, keep[:, :, None, None].expand(-1, -1, *low_res.shape[-2:]))
                 scores = scores.gather(1, keep)
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        postprocess = self.model.postprocess_masks if return_logits else self.model.postprocess_binary_masks
+        masks = postprocess(low_res, self.input_size, self.original_size)
         sam_masks = None
         if want_sam and low_res_sam is not None:
-            sam_masks = self.model.postprocess_masks(low_res_sam, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-            sam_masks = None if sam_masks is None else sam_masks > self.model.mask_threshold
+            sam_masks = postprocess(low_res_sam, self.input_size, self.original_size)
         return masks, scores.float(), low_res.float(), sam_masks, low_res_sam
 
 

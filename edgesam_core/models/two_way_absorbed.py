@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers.common import capturing_graph
+from .layers.dyt import SigmoidDynamicTanh
 from .transformer import Attention, ImageContext, TwoWayTransformer
 
 #: oneDNN's inner product is called directly (a private PyTorch op); off for good once it fails.
@@ -81,25 +82,26 @@ def rows_times_image_t(rows: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(rows, x.transpose(1, 2))
 
 
-def image_update_token_major(scores_t: Tensor, mixed: Tensor, bias: Tensor) -> Tensor:
+def image_update_token_major(scores_t: Tensor, mixed: Tensor, bias: Tensor,
+                             residual: Optional[Tensor] = None) -> Tensor:
     """The image tokens' update ``(B, n, C)``, token-major: the softmax over the prompt tokens of the (scaled)
-    scores ``scores_t`` ``(B, h, T, n)``, transposed, times ``mixed`` ``(B, C, hT)`` transposed, plus ``bias``.
+    scores ``scores_t`` ``(B, h, T, n)``, transposed, times ``mixed`` ``(B, C, hT)`` transposed, plus ``bias``
+    (and plus ``residual`` ``(B, n, C)`` when given: the block's residual connection).
 
-    Eager inference on one image: the softmax writes its weights transposed, ``(n, hT)`` (no separate
-    transpose: measured per click 0.94-0.95x), then oneDNN's inner product with the bias fused (0.96x per click
-    of PyTorch's batched matmul on the transposed views, whose kernel is 2x slower here: measured 0.34 vs
-    0.70 ms for 4096x56 by 56x256, 2 threads).
+    Eager inference on one image: PyTorch's softmax over the token axis (one vectorised pass), its weights
+    transposed by a copy, then oneDNN's inner product with the bias fused: per click 0.95-0.97x of the
+    softmax written out step by step with its last division writing the weights transposed (a strided write),
+    measured on the predictor. (oneDNN's fused residual addition measured slower here than ``add_``.)
     """
     b, heads, t, n = scores_t.shape
     if _ONEDNN_LINEAR and b == 1 and mixed.dtype == scores_t.dtype and _eager_fp32_single(scores_t):
-        e = torch.exp(scores_t - scores_t.amax(dim=-2, keepdim=True))  # attention_softmax's steps
-        weights = torch.empty(n, heads * t, dtype=e.dtype)
-        torch.div(e, e.sum(dim=-2, keepdim=True), out=weights.t().view(1, heads, t, n))
+        weights = torch.softmax(scores_t[0], dim=-2).view(heads * t, n).t().contiguous()  # (n, hT)
         out = _onednn_linear(weights, mixed[0], bias)
         if out is not None:
-            return out[None]
+            return out[None] if residual is None else out[None].add_(residual)
     weights_t = attention_softmax(scores_t, -2).reshape(b, heads * t, n)
-    return torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
+    out = torch.matmul(weights_t.transpose(1, 2), mixed.transpose(1, 2)) + bias
+    return out if residual is None else out + residual
 
 
 def token_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
@@ -141,20 +143,25 @@ def head_weights(linear: nn.Linear, heads: int) -> Tensor:
     return linear.weight.reshape(heads, -1, linear.weight.shape[-1])
 
 
-def tokens_to_image_absorbed(attn: Attention, q_tokens: Tensor, keys: Tensor, pe_k: Tensor,
-                             v_bias: Tensor) -> Tensor:
+def tokens_to_image_absorbed(attn: Attention, q_tokens: Tensor, keys: Tensor, pe_k: Optional[Tensor],
+                             v_bias: Tensor, keys_pe: Optional[Tensor] = None) -> Tensor:
     """Prompt tokens attend to the raw image tokens ``keys`` ``(B, C, n)``, the projections absorbed.
 
     ``pe_k``: ``W_k pe`` as ``(1, heads, c, n)`` (cached per image). Scores ``q_h (W_k,h (x + pe))`` are
     ``(W_k,h^T q_h) x + q_h (W_k,h pe)`` (the key bias shifts a token's scores equally: the softmax cancels it);
     the output ``A_h (W_v,h x)^T`` is ``(A_h x^T) W_v,h^T``, plus the value bias (attention rows sum to one).
+    ``keys_pe``: ``x + pe`` ``(B, C, n)`` when the caller has it (then ``pe_k`` is not needed): the scores are
+    then one product, ``(W_k,h^T q_h) (x + pe)``. The softmax's ``1/sqrt(c)`` scales the few query rows.
     """
     heads = attn.num_heads
     q = attn.project("q", q_tokens)  # (B, h, T, c)
     b, _, t, c = q.shape
-    qk = torch.matmul(q, head_weights(attn.k_proj, heads))  # (B, h, T, C)
-    scores = rows_times_image(qk.reshape(b, heads * t, -1), keys).reshape(b, heads, t, -1)
-    scores = (scores + torch.matmul(q, pe_k)) / math.sqrt(c)
+    q = q * (1.0 / math.sqrt(c))
+    qk = torch.matmul(q, head_weights(attn.k_proj, heads)).reshape(b, heads * t, -1)  # (B, hT, C)
+    if keys_pe is not None:
+        scores = rows_times_image(qk, keys_pe).reshape(b, heads, t, -1)
+    else:
+        scores = rows_times_image(qk, keys).reshape(b, heads, t, -1) + torch.matmul(q, pe_k)
     weights = attention_softmax(scores, -1)  # (B, h, T, n)
     pooled = rows_times_image_t(weights.reshape(b, heads * t, -1), keys)  # (B, hT, C)
     out = torch.matmul(pooled.reshape(b, heads, t, -1), head_weights(attn.v_proj, heads).transpose(-1, -2))
@@ -163,36 +170,67 @@ def tokens_to_image_absorbed(attn: Attention, q_tokens: Tensor, keys: Tensor, pe
 
 
 def image_to_tokens_absorbed(attn: Attention, q_img: Optional[Tensor], keys: Tensor, q_pe: Optional[Tensor],
-                             k_tokens: Tensor, v_tokens: Tensor, token_major: bool = False) -> Tensor:
+                             k_tokens: Tensor, v_tokens: Tensor, token_major: bool = False,
+                             keys_pe: Optional[Tensor] = None, residual: Optional[Tensor] = None) -> Tensor:
     """The image attends to the prompt tokens, output projection (and, without ``q_img``, query projection)
     absorbed into the prompt tokens; returns the image tokens' update ``(B, C, n)``, or ``(B, n, C)`` with
-    ``token_major``.
+    ``token_major`` (then plus ``residual`` ``(B, n, C)`` when given, the addition fused where it can be).
 
     ``q_img``: the image queries ``(B, h, c, n)`` when already projected (the first block's, per image); else
     they are ``W_q x + (W_q pe + b_q)`` with ``q_pe`` = ``W_q pe + b_q`` ``(1, h, c, n)`` (cached), and the
-    scores ``k_h . q_img`` become ``(W_q,h^T k_h) x + k_h q_pe``. The update ``W_o [v_h^T S_h]_h + b_o`` is
-    ``sum_h (W_o,h v_h^T) S_h + b_o``: one ``(C, heads T) x (heads T, n)`` product.
+    scores ``k_h . q_img`` become ``(W_q,h^T k_h) x + k_h q_pe``, or with ``keys_pe`` = ``x + pe``
+    ``(B, C, n)`` (token-major only) ``(W_q,h^T k_h) (x + pe) + k_h b_q``. The update ``W_o [v_h^T S_h]_h + b_o``
+    is ``sum_h (W_o,h v_h^T) S_h + b_o``: one ``(C, heads T) x (heads T, n)`` product.
     """
     heads = attn.num_heads
     k = attn.project("k", k_tokens)  # (B, h, T, c)
     v = attn.project("v", v_tokens)
     b, _, t, c = k.shape
-    if token_major:  # the softmax's scale on the few prompt tokens instead of on every score
-        k = k * (1.0 / math.sqrt(c))
+    k = k * (1.0 / math.sqrt(c))  # the softmax's scale on the few prompt tokens instead of on every score
     if q_img is None:
-        kq = torch.matmul(k, head_weights(attn.q_proj, heads))  # (B, h, T, C)
-        scores_t = rows_times_image(kq.reshape(b, heads * t, -1), keys).reshape(b, heads, t, -1)
-        scores_t = scores_t + torch.matmul(k, q_pe)
+        kq = torch.matmul(k, head_weights(attn.q_proj, heads)).reshape(b, heads * t, -1)  # (B, hT, C)
+        if token_major and keys_pe is not None:
+            k_bias = torch.matmul(k, attn.q_proj.bias.reshape(heads, c, 1))  # (B, h, T, 1)
+            scores_t = rows_times_image(kq, keys_pe).reshape(b, heads, t, -1).add_(k_bias)
+        else:
+            scores_t = rows_times_image(kq, keys).reshape(b, heads, t, -1) + torch.matmul(k, q_pe)
     else:
         scores_t = torch.matmul(k, q_img)  # (B, h, T, n)
     out_w = attn.out_proj.weight.reshape(-1, heads, c).transpose(0, 1)  # (h, C, c)
     mixed = torch.matmul(out_w, v.transpose(-1, -2))  # (B, h, C, T)
     mixed = mixed.transpose(1, 2).reshape(b, -1, heads * t)  # (B, C, hT)
     if token_major:  # (B, n, hT) x (B, hT, C)
-        return image_update_token_major(scores_t, mixed, attn.out_proj.bias)
-    weights_t = attention_softmax(scores_t / math.sqrt(c), -2).reshape(b, heads * t, -1)
+        return image_update_token_major(scores_t, mixed, attn.out_proj.bias, residual)
+    weights_t = attention_softmax(scores_t, -2).reshape(b, heads * t, -1)
     update = rows_times_image(mixed, weights_t)  # (B, C, n)
     return update + attn.out_proj.bias.unsqueeze(-1)
+
+
+def norm_with_pe(norm: nn.Module, x: Tensor, context: ImageContext, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    """A token norm of token-major image tokens ``x`` ``(B, n, C)``, which the caller hands over (it may be
+    overwritten), and the result plus the positional encoding (``key_pe``, a ``(1, C, n)`` view):
+    ``(norm(x), norm(x) + pe)``, both ``(B, n, C)``.
+
+    A sigmoid DyT (``w sigmoid(a x) + b``) without autograd writes both from one sigmoid pass, in place and
+    with ``pe + b`` kept per image: two ``addcmul``s instead of a norm and an addition.
+    """
+    if isinstance(norm, SigmoidDynamicTanh) and norm.channels_last and not torch.is_grad_enabled() \
+            and not capturing_graph():
+        s = x.mul_(norm.alpha).sigmoid_()
+        with_pe = torch.addcmul(token_major_pe(context, key_pe, norm.bias), s, norm.weight)
+        return torch.addcmul(norm.bias, s, norm.weight, out=s), with_pe
+    y = norm(x)
+    return y, y + token_major_pe(context, key_pe)
+
+
+def token_major_pe(context: ImageContext, key_pe: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """The positional encoding ``key_pe`` (a ``(1, C, n)`` view, any strides) as contiguous ``(1, n, C)``, plus
+    a per-channel ``bias`` when given; once per image (kept in ``context.cache``)."""
+    name = "pe-token-major" if bias is None else f"pe-plus-{id(bias)}"
+    if name not in context.cache:
+        pe = key_pe.transpose(1, 2).contiguous()
+        context.cache[name] = pe if bias is None else pe + bias
+    return context.cache[name]
 
 
 def pe_projection(context: ImageContext, attn: Attention, kind: str, key_pe: Tensor) -> Tensor:
@@ -236,22 +274,33 @@ class AbsorbingTwoWayTransformer(nn.Module):
         context = context.expand_to(point_embedding.shape[0])
         queries, keys, pe = point_embedding, context.keys, point_embedding
         key_pe = context.key_pe.transpose(1, 2)  # (1, C, n) view of the token-major encoding
+        # Eager: each block also leaves keys + pe, so the later scores take one product each.
+        keys_pe, with_pe = None, not capturing_graph()
         for i, block in enumerate(self.base.layers):
             t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
             queries = block.token_self_attention(queries, pe)
+            keys_pe_cf = None if keys_pe is None else keys_pe.transpose(1, 2)
             if i == 0:
                 attended = t2i.attend(t2i.project("q", queries + pe), context.token_to_image_k,
                                       context.token_to_image_v)
             else:
-                attended = tokens_to_image_absorbed(t2i, queries + pe, keys.transpose(1, 2),
-                                                    pe_projection(context, t2i, "k", key_pe), t2i.v_proj.bias)
+                pe_k = None if keys_pe_cf is not None else pe_projection(context, t2i, "k", key_pe)
+                attended = tokens_to_image_absorbed(t2i, queries + pe, keys.transpose(1, 2), pe_k, t2i.v_proj.bias,
+                                                    keys_pe=keys_pe_cf)
             queries = block.norm2(queries + attended)
             queries = block.norm3(queries + token_mlp(block.mlp, queries))
             q_img = context.image_to_token_q.transpose(-1, -2) if i == 0 else None
-            update = image_to_tokens_absorbed(i2t, q_img, keys.transpose(1, 2),
-                                              None if i == 0 else pe_projection(context, i2t, "q", key_pe),
-                                              queries + pe, queries, token_major=True)
-            keys = block.norm4(keys + update)
-        attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2),
-                                            pe_projection(context, final, "k", key_pe), final.v_proj.bias)
+            q_pe = None if i == 0 or keys_pe_cf is not None else pe_projection(context, i2t, "q", key_pe)
+            x = image_to_tokens_absorbed(i2t, q_img, keys.transpose(1, 2), q_pe, queries + pe, queries,
+                                         token_major=True, keys_pe=keys_pe_cf, residual=keys)
+            if with_pe:
+                keys, keys_pe = norm_with_pe(block.norm4, x, context, key_pe)
+            else:
+                keys = block.norm4(x)
+        if keys_pe is not None:
+            attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2), None, final.v_proj.bias,
+                                                keys_pe=keys_pe.transpose(1, 2))
+        else:
+            attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2),
+                                                pe_projection(context, final, "k", key_pe), final.v_proj.bias)
         return self.base.norm_final_attn(queries + attended), keys

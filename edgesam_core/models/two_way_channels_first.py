@@ -26,6 +26,7 @@ from .two_way_absorbed import (
     absorbs,
     attention_softmax,
     image_to_tokens_absorbed,
+    norm_with_pe,
     pe_projection,
     token_mlp,
     tokens_to_image_absorbed,
@@ -162,20 +163,23 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
                                                                 bias=True)
         return ImageContext(keys, context.key_pe, k, v, _heads_cf(q, i2t.num_heads), context.cache)
 
-    def _block(self, block: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, context: ImageContext,
-               query_pe: Tensor, first: bool, absorb: bool, token_major: bool = False) -> tuple[Tensor, Tensor]:
-        """One block; ``token_major`` (absorbed only): the image tokens leave as ``(B, n, C)``, and arrive so
-        after the first block."""
+    def _block(self, block: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, keys_pe: Optional[Tensor],
+               context: ImageContext, query_pe: Tensor, first: bool, absorb: bool, token_major: bool = False
+               ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """One block -> ``(queries, keys, keys + pe or None)``; ``token_major`` (absorbed only): the image tokens
+        leave as ``(B, n, C)``, and arrive so after the first block, with ``keys_pe`` = ``keys + pe``."""
         t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
         keys_tm = token_major and not first
         keys_cf = keys.transpose(1, 2) if keys_tm else keys  # the (B, C, n) view the absorbed products take
+        keys_pe_cf = keys_pe.transpose(1, 2) if keys_tm and keys_pe is not None else None
         queries = block.token_self_attention(queries, query_pe)
         later = None
         if first:  # the image-side projections come with the context
             attended = _tokens_to_image(t2i, queries + query_pe, context.token_to_image_k, context.token_to_image_v)
         elif absorb:
-            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys_cf,
-                                                pe_projection(context, t2i, "k", context.key_pe), t2i.v_proj.bias)
+            pe_k = None if keys_pe_cf is not None else pe_projection(context, t2i, "k", context.key_pe)
+            attended = tokens_to_image_absorbed(t2i, queries + query_pe, keys_cf, pe_k, t2i.v_proj.bias,
+                                                keys_pe=keys_pe_cf)
         else:
             later = self._later_block_context(block, keys, context)
             attended = _tokens_to_image(t2i, queries + query_pe, later.token_to_image_k, later.token_to_image_v,
@@ -183,16 +187,21 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         queries = block.norm2(queries + attended)
         queries = queries + token_mlp(block.mlp, queries)
         queries = block.norm3(queries)
+        if absorb and token_major:  # (B, n, C), the residual added with the update
+            q_pe = None if first or keys_pe_cf is not None else pe_projection(context, i2t, "q", context.key_pe)
+            x = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf, q_pe,
+                                         queries + query_pe, queries, token_major=True, keys_pe=keys_pe_cf,
+                                         residual=keys if keys_tm else _token_major(keys, context.cache))
+            keys, keys_pe = norm_with_pe(block.norm4, x, context, context.key_pe)
+            return queries, keys, keys_pe
         if absorb:
             update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf,
                                               None if first else pe_projection(context, i2t, "q", context.key_pe),
-                                              queries + query_pe, queries, token_major=token_major)
-            if token_major:  # (B, n, C)
-                return queries, block.norm4(update.add_(keys if keys_tm else _token_major(keys, context.cache)))
+                                              queries + query_pe, queries)
         else:
             q_img = context.image_to_token_q if later is None else later.image_to_token_q
             update = _image_to_tokens(i2t, q_img, queries + query_pe, queries)
-        return queries, _norm_cf(block.norm4, keys + update)
+        return queries, _norm_cf(block.norm4, keys + update), None
 
     def forward(self, image_embedding: Optional[Tensor], image_pe: Optional[Tensor], point_embedding: Tensor,
                 context: Optional[ImageContext] = None) -> tuple[Tensor, Tensor]:
@@ -203,14 +212,17 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         context = context.expand_to(n)
         final = self.base.final_attn_token_to_image
         absorb = self.absorb_projections and absorbs(final, point_embedding.shape[1])
-        queries, keys = point_embedding, context.keys
+        queries, keys, keys_pe = point_embedding, context.keys, None
         token_major = absorb and self.token_major_output and not capturing_graph()
         for i, block in enumerate(self.base.layers):
-            queries, keys = self._block(block, queries, keys, context, point_embedding, i == 0, absorb,
-                                        token_major)
+            queries, keys, keys_pe = self._block(block, queries, keys, keys_pe, context, point_embedding, i == 0,
+                                                 absorb, token_major)
         q = queries + point_embedding
         keys_cf = keys.transpose(1, 2) if token_major else keys  # (B, C, n)
-        if absorb:
+        if absorb and keys_pe is not None:
+            attended = tokens_to_image_absorbed(final, q, keys_cf, None, final.v_proj.bias,
+                                                keys_pe=keys_pe.transpose(1, 2))
+        elif absorb:
             attended = tokens_to_image_absorbed(final, q, keys_cf, pe_projection(context, final, "k", context.key_pe),
                                                 final.v_proj.bias)
         else:

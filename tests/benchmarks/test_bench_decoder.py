@@ -20,7 +20,8 @@ def test_bench_decoder_reports_clicks_ratios_and_everything_mode(tmp_path: Path)
     assert "before the inference form" in result["settings"]["reference"]  # no --reference: the previous graphs
     # Both decoders get the same click: their masks agree (the staged graph computes the same function).
     assert result["ref_vs_ours_click_max_abs_diff"] < 1e-3
-    for name in ("ref_encoder", "ref_decoder_click", "our_prompt_stage_click", "onnx_predict", "torch_predict"):
+    for name in ("ref_encoder", "ref_decoder_click", "our_prompt_stage_click", "onnx_predict", "torch_predict",
+                 "torch_low_res_click"):
         assert len(result["all_ms"][name]) == 2 and result["median_ms"][name] > 0
     assert set(result["everything"]) == {"onnx_32x32", "torch_32x32", "onnx_fast", "torch_fast"}
     for entry in result["everything"].values():
@@ -33,3 +34,4 @@ def test_bench_decoder_reports_clicks_ratios_and_everything_mode(tmp_path: Path)
         assert entry["decoder_share"] == pytest.approx(profile["predict_low_res_torch"] / entry["seconds"][0],
                                                        abs=2e-3)
     assert all(ratio > 0 for ratio in result["ratios"].values())
+    assert "torch_low_res_click/prompt_stage_click" in result["ratios"]

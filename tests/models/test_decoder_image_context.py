@@ -200,9 +200,10 @@ def test_pooled_image_product_is_the_matmul_within_float32_noise():
 
 def test_token_major_image_update_is_the_matmul_within_float32_noise():
     """The image tokens' update written token-major (the softmax over the prompt tokens, transposed, times the
-    mixed values, plus the output bias), which inference runs with the softmax writing its weights transposed
-    and oneDNN's inner product with the bias fused: as close to float64 as PyTorch's own softmax and matmul,
-    within a small factor; batches and autograd take the plain path."""
+    mixed values, plus the output bias, plus the block's residual when given), which inference runs as
+    PyTorch's softmax and oneDNN's inner product on its transposed weights with the bias fused: as close to
+    float64 as PyTorch's own softmax and matmul, within a small factor; batches and autograd take the plain
+    path."""
     from edgesam_core.models import two_way_absorbed
     from edgesam_core.models.two_way_absorbed import image_update_token_major
 
@@ -225,9 +226,56 @@ def test_token_major_image_update_is_the_matmul_within_float32_noise():
     assert (fast.double() - expected).abs().max().item() <= 4 * noise + 1e-6
     two = image_update_token_major(scores_t.expand(2, -1, -1, -1), mixed.expand(2, -1, -1), bias)
     torch.testing.assert_close(two, plain.expand(2, -1, -1))
+    residual = 2 * torch.randn(1, 4096, 256)
+    with torch.no_grad():
+        with_residual = image_update_token_major(scores_t, mixed, bias, residual)
+        plain_residual = reference(scores_t, mixed, bias) + residual
+    noise = (plain_residual.double() - expected - residual.double()).abs().max().item()
+    assert (with_residual.double() - expected - residual.double()).abs().max().item() <= 4 * noise + 1e-6
+    two = image_update_token_major(scores_t.expand(2, -1, -1, -1), mixed.expand(2, -1, -1), bias,
+                                   residual.expand(2, -1, -1))
+    torch.testing.assert_close(two, plain_residual.expand(2, -1, -1))
     mixed.requires_grad_(True)
     image_update_token_major(scores_t, mixed, bias).sum().backward()  # with autograd: the plain path
     assert mixed.grad is not None
+
+
+def test_norm_with_pe_is_the_norm_and_the_norm_plus_pe():
+    """The image tokens' last norm of a block, with the positional encoding added for the next block's scores:
+    a sigmoid DyT writes both from one sigmoid pass (overwriting its input, which the caller hands over), as
+    close to float64 as the module plus an addition, within a small factor; a LayerNorm runs as itself."""
+    from edgesam_core.models.layers.dyt import DynamicTanh, SigmoidDynamicTanh
+    from edgesam_core.models.transformer import ImageContext
+    from edgesam_core.models.two_way_absorbed import norm_with_pe
+
+    torch.manual_seed(0)
+    dyt = DynamicTanh(256, channels_last=True, alpha_init_value=0.7)
+    with torch.no_grad():
+        dyt.weight.normal_()
+        dyt.bias.normal_()
+    x, pe = 3 * torch.randn(1, 4096, 256), torch.randn(1, 256, 4096)  # pe: the (1, C, n) view of the caller
+    context = ImageContext(x, pe.transpose(1, 2), x, x, x)
+    expected = dyt.double()(x.double())
+    expected_pe = expected + pe.double().transpose(1, 2)
+    dyt.float()
+    sigmoid = SigmoidDynamicTanh(dyt)
+    with torch.no_grad():
+        plain = sigmoid(x)
+        normed, with_pe = norm_with_pe(sigmoid, x.clone(), context, pe)
+        again, _ = norm_with_pe(sigmoid, x.clone(), context, pe)  # the per-image pe + bias is reused
+    noise = (plain.double() - expected).abs().max().item()
+    assert (normed.double() - expected).abs().max().item() <= 4 * noise + 1e-6
+    assert (with_pe.double() - expected_pe).abs().max().item() <= 4 * noise + 1e-6
+    assert torch.equal(normed, again)
+    layer_norm = torch.nn.LayerNorm(256)
+    with torch.no_grad():
+        y, y_pe = norm_with_pe(layer_norm, x.clone(), context, pe)
+        torch.testing.assert_close(y, layer_norm(x))
+        torch.testing.assert_close(y_pe, layer_norm(x) + pe.transpose(1, 2))
+    x.requires_grad_(True)  # with autograd: the module and an addition, differentiable
+    normed, with_pe = norm_with_pe(sigmoid, x * 1.0, context, pe)
+    (normed.sum() + with_pe.sum()).backward()
+    assert x.grad is not None
 
 
 def test_prompt_token_mlp_is_the_block_mlp_within_float32_noise():
