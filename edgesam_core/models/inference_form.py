@@ -17,7 +17,10 @@ rounding:
 * for export only (``for_export=True``): the neck's fixed-size bicubic upsampling as two small matrix products
   ``A @ X @ B`` (ONNX Runtime's cubic ``Resize`` took ~16 % of the encoder), and each squeeze-excite gate
   expanded to the feature map's size with a nearest ``Resize`` before the multiply (ONNX Runtime keeps a
-  full-size product in its blocked layout, but converts layouts around a broadcast one).
+  full-size product in its blocked layout, but converts layouts around a broadcast one); and with the decoder
+  rewrites, each channels-first ``LayerNorm2d`` as a LayerNorm over the last axis between two transposes
+  (ONNX Runtime's fused ``LayerNormalization``; the formula exports to a reduction over the channel axis), as
+  also in PyTorch for the decoder's channels-last upscaling.
 
 Training keeps the plain model: load weights first, then call :func:`to_inference_form` on a model (or a copy).
 """
@@ -33,6 +36,7 @@ from torch import nn
 from .image_encoder_repvit import RepViTEncoder, SqueezeExcite
 from .layers.common import UpSampleLayer, capturing_graph
 from .layers.dyt import DynamicTanh, SigmoidDynamicTanh
+from .layers.norm import LayerNorm2d
 from .reparam import reparameterize_repvit
 from .transformer import TwoWayTransformer
 from .two_way_absorbed import AbsorbingTwoWayTransformer
@@ -177,6 +181,22 @@ class ChannelsLastUpscaling(nn.Module):
             return self.upscaling(x)
 
 
+class LastAxisLayerNorm2d(nn.Module):
+    """``norm`` (a channels-first :class:`LayerNorm2d`) as a LayerNorm over the last axis of the channels-last
+    view, between two transposes: in ONNX, ``Transpose`` + ``LayerNormalization`` + ``Transpose``, which ONNX
+    Runtime runs in half the time of the exported formula's chain (``ReduceMean`` over the channel axis, ``Sub``,
+    ``Pow``, ``Sqrt``, ``Div``: measured 1.2 vs 2.4 ms for 1x64x128x128, 2 threads)."""
+
+    def __init__(self, norm: LayerNorm2d) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps)
+        return y.permute(0, 3, 1, 2)
+
+
 class TanhGeluFormula(nn.Module):
     """``GELU(approximate='tanh')`` as its formula, ``x * sigmoid(x * (c1 + c2 * x^2))`` with
     ``c1 = 2 sqrt(2 / pi)``, ``c2 = 0.044715 c1`` (= ``0.5 x (1 + tanh(...))``), for runtimes whose fused GELU
@@ -316,7 +336,7 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
     model.eval()
     done = {"repvgg_blocks": 0, "neck_folds": 0, "deconvs": 0, "upsamplers": 0, "se_gates": 0,
             "channels_first_transformer": 0, "sigmoid_dyts": 0,
-            "batched_hypernetworks": 0, "fast_gelus": 0, "absorbing_transformer": 0}
+            "batched_hypernetworks": 0, "fast_gelus": 0, "absorbing_transformer": 0, "last_axis_norms": 0}
     encoder = getattr(model, "image_encoder", None)
     if isinstance(encoder, RepViTEncoder):
         from .image_encoder_repvit import RepVGGDW
@@ -345,6 +365,8 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
         # LayerNorm decoders keep the token layout, with the per-prompt projections absorbed all the same.
         decoder.transformer = AbsorbingTwoWayTransformer(decoder.transformer)
         done["absorbing_transformer"] = 1
+    if for_export and decoder_rewrites:
+        done["last_axis_norms"] = _replace(model, LayerNorm2d, LastAxisLayerNorm2d)
     if not for_export:
         # PyTorch's CPU tanh is ~5x slower than its sigmoid; ONNX Runtime's Tanh is fast, so exports keep it.
         done["sigmoid_dyts"] = _replace(model, DynamicTanh, SigmoidDynamicTanh)
@@ -355,6 +377,9 @@ def to_inference_form(model: nn.Module, for_export: bool = False,
         upscaling = getattr(decoder, "output_upscaling", None)
         if upscaling is not None:
             done["fast_gelus"] = spell_out_tanh_gelu(upscaling, FastTanhGelu)
+            # In channels-last memory the LayerNorm's last axis is contiguous: one fused kernel instead of the
+            # formula's passes (measured per click, plain EdgeSAM: 0.97x).
+            done["last_axis_norms"] = _replace(upscaling, LayerNorm2d, LastAxisLayerNorm2d)
         if upscaling is not None and next(decoder.parameters()).device.type == "cpu":
             decoder.output_upscaling = ChannelsLastUpscaling(upscaling)
             done["deconvs"] = sum(_is_stride2_deconv(m) for m in upscaling.modules())

@@ -43,6 +43,9 @@ def test_inference_form_equals_the_model_in_float64(variant, for_export):
     # PyTorch on CPUs: image tokens token-major out of the channels-first transformer (not HQ: its features
     # take the plain layout); exports keep channels-first.
     assert done.get("token_major_output", 0) == (not for_export and variant == "edge_sam_dyt_debug")
+    # LayerNorm2d over the last axis: every one for export (the prompt encoder's mask path has some in DyT
+    # variants too), in PyTorch the LayerNorm decoder's upscaling.
+    assert (done["last_axis_norms"] > 0) is (for_export or "dyt" not in variant)
     x = torch.randn(1, 3, model.img_size, model.img_size, dtype=torch.float64)
     coords = torch.tensor([[[30.0, 40.0], [90.0, 20.0]]], dtype=torch.float64)
     labels = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
@@ -58,6 +61,29 @@ def test_inference_form_equals_the_model_in_float64(variant, for_export):
             outs.append((emb, *decoded))
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-10 * max(1.0, a.abs().max().item()), rtol=0)
+
+
+def test_last_axis_layernorm2d_is_layernorm2d_and_exports_as_one_layernormalization(tmp_path):
+    """The channels-first LayerNorm as a LayerNorm over the last axis: the same function (float64), traced to
+    ONNX as Transpose + LayerNormalization + Transpose instead of the formula's reduction over channels."""
+    import onnx
+
+    from edgesam_core.export.onnx_export import torch_onnx_export
+    from edgesam_core.models.inference_form import LastAxisLayerNorm2d
+    from edgesam_core.models.layers.norm import LayerNorm2d
+
+    torch.manual_seed(0)
+    norm = LayerNorm2d(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = 3 * torch.randn(2, 16, 9, 11, dtype=torch.float64) + 1
+    torch.testing.assert_close(LastAxisLayerNorm2d(norm.double())(x), norm(x), atol=1e-12, rtol=0)
+    path = tmp_path / "norm.onnx"
+    with torch.no_grad():
+        torch_onnx_export(LastAxisLayerNorm2d(norm.float()), (x.float(),), path, ["x"], ["y"], {}, 20)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("LayerNormalization") == 1 and "ReduceMean" not in ops
 
 
 def test_fast_tanh_gelu_is_torchs_tanh_gelu_and_leaves_its_input():
