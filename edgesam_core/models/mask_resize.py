@@ -3,11 +3,12 @@
 ``F.interpolate``'s bilinear CPU kernel gathers four inputs per output pixel. Two shortcuts give the same bits:
 
 - The model-frame upscaling (x4 from 256x256) is separable with fixed weights: each output column phase is
-  one elementwise ``fma`` of two shifted input views, then the same for rows (measured per click, three
-  masks to 1024x768 with the threshold: 1.0-1.4 vs 1.7-2.9 ms, 2 threads).
+  one elementwise ``fma`` of two shifted input views, then the same for rows (three masks to 1024x768 with the
+  threshold: 1.0-1.4 vs 1.7-2.9 ms for ``F.interpolate`` on the crop, 2 threads, same run).
 - A photo larger than the model frame needs a second resize; for binary masks only the pixels over a cell
   whose four corners disagree in sign (a mask's boundary) are computed: a bilinear pixel is a convex
-  combination of its corners (measured, three masks to 4032x3024: 34 vs 68-75 ms).
+  combination of its corners (three smooth masks to 4032x3024: 31 vs 80 ms for segment-anything's
+  postprocessing, ``benchmarks/bench_mask_postprocess.py``).
 
 Both reproduce the kernel's arithmetic: it interpolates the two input rows along the width, then between them,
 each step ``fma(a, w0, b * w1)``, with indices and weights from ``fma(scale, dst + 0.5, -0.5)``. PyTorch runs
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 #: least 0.5 underflows, so rounding cannot reach zero.
 _DECISIVE = 1e-30
 #: Give up on the boundary shortcut when the boundary cells' pixels exceed this share of the output (each costs
-#: some 20 times a pixel of the plain resize: measured).
+#: over ten times a pixel of the plain resize: with a 30 % limit a random model's masks took 317 vs 72 ms).
 _MAX_BOUNDARY_SHARE = 0.03
 #: The boundary shortcut resizes photos with at least this many times the model frame's pixels (below, deciding
 #: the cells costs about what the plain resize does: measured).

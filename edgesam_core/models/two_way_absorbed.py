@@ -174,7 +174,7 @@ def image_to_tokens_absorbed(attn: Attention, q_img: Optional[Tensor], keys: Ten
                              keys_pe: Optional[Tensor] = None, residual: Optional[Tensor] = None) -> Tensor:
     """The image attends to the prompt tokens, output projection (and, without ``q_img``, query projection)
     absorbed into the prompt tokens; returns the image tokens' update ``(B, C, n)``, or ``(B, n, C)`` with
-    ``token_major`` (then plus ``residual`` ``(B, n, C)`` when given, the addition fused where it can be).
+    ``token_major`` (then plus ``residual`` ``(B, n, C)`` when given).
 
     ``q_img``: the image queries ``(B, h, c, n)`` when already projected (the first block's, per image); else
     they are ``W_q x + (W_q pe + b_q)`` with ``q_pe`` = ``W_q pe + b_q`` ``(1, h, c, n)`` (cached), and the
@@ -291,16 +291,14 @@ class AbsorbingTwoWayTransformer(nn.Module):
             queries = block.norm3(queries + token_mlp(block.mlp, queries))
             q_img = context.image_to_token_q.transpose(-1, -2) if i == 0 else None
             q_pe = None if i == 0 or keys_pe_cf is not None else pe_projection(context, i2t, "q", key_pe)
-            x = image_to_tokens_absorbed(i2t, q_img, keys.transpose(1, 2), q_pe, queries + pe, queries,
-                                         token_major=True, keys_pe=keys_pe_cf, residual=keys)
+            pre_norm = image_to_tokens_absorbed(i2t, q_img, keys.transpose(1, 2), q_pe, queries + pe, queries,
+                                                token_major=True, keys_pe=keys_pe_cf, residual=keys)
             if with_pe:
-                keys, keys_pe = norm_with_pe(block.norm4, x, context, key_pe)
+                keys, keys_pe = norm_with_pe(block.norm4, pre_norm, context, key_pe)
             else:
-                keys = block.norm4(x)
-        if keys_pe is not None:
-            attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2), None, final.v_proj.bias,
-                                                keys_pe=keys_pe.transpose(1, 2))
-        else:
-            attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2),
-                                                pe_projection(context, final, "k", key_pe), final.v_proj.bias)
+                keys = block.norm4(pre_norm)
+        keys_pe_cf = None if keys_pe is None else keys_pe.transpose(1, 2)
+        pe_k = None if keys_pe_cf is not None else pe_projection(context, final, "k", key_pe)
+        attended = tokens_to_image_absorbed(final, queries + pe, keys.transpose(1, 2), pe_k, final.v_proj.bias,
+                                            keys_pe=keys_pe_cf)
         return self.base.norm_final_attn(queries + attended), keys

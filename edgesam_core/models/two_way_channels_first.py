@@ -189,10 +189,10 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
         queries = block.norm3(queries)
         if absorb and token_major:  # (B, n, C), the residual added with the update
             q_pe = None if first or keys_pe_cf is not None else pe_projection(context, i2t, "q", context.key_pe)
-            x = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf, q_pe,
-                                         queries + query_pe, queries, token_major=True, keys_pe=keys_pe_cf,
-                                         residual=keys if keys_tm else _token_major(keys, context.cache))
-            keys, keys_pe = norm_with_pe(block.norm4, x, context, context.key_pe)
+            pre_norm = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf, q_pe,
+                                                queries + query_pe, queries, token_major=True, keys_pe=keys_pe_cf,
+                                                residual=keys if keys_tm else _token_major(keys, context.cache))
+            keys, keys_pe = norm_with_pe(block.norm4, pre_norm, context, context.key_pe)
             return queries, keys, keys_pe
         if absorb:
             update = image_to_tokens_absorbed(i2t, context.image_to_token_q if first else None, keys_cf,
@@ -219,12 +219,10 @@ class ChannelsFirstTwoWayTransformer(nn.Module):
                                                  absorb, token_major)
         q = queries + point_embedding
         keys_cf = keys.transpose(1, 2) if token_major else keys  # (B, C, n)
-        if absorb and keys_pe is not None:
-            attended = tokens_to_image_absorbed(final, q, keys_cf, None, final.v_proj.bias,
-                                                keys_pe=keys_pe.transpose(1, 2))
-        elif absorb:
-            attended = tokens_to_image_absorbed(final, q, keys_cf, pe_projection(context, final, "k", context.key_pe),
-                                                final.v_proj.bias)
+        if absorb:
+            keys_pe_cf = None if keys_pe is None else keys_pe.transpose(1, 2)
+            pe_k = None if keys_pe_cf is not None else pe_projection(context, final, "k", context.key_pe)
+            attended = tokens_to_image_absorbed(final, q, keys_cf, pe_k, final.v_proj.bias, keys_pe=keys_pe_cf)
         else:
             k_img, v_img = _image_keys_values(final, keys, context.key_pe, context.cache)
             attended = _tokens_to_image(final, q, k_img, v_img, final.v_proj.bias)
