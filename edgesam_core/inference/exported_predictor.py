@@ -127,17 +127,14 @@ def postprocess_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int,
 
 def postprocess_binary_masks(low_res: np.ndarray, img_size: int, input_size: tuple[int, int],
                              original_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> np.ndarray:
-    """``postprocess_masks(...) > threshold``: the same pixels (at SAM's threshold 0 computed as
-    ``edgesam_core.models.mask_resize.mask_logits_positive`` does)."""
+    """``postprocess_masks(...) > threshold`` (``edgesam_core.models.mask_resize.mask_logits_above``)."""
     import torch
 
-    from edgesam_core.models.mask_resize import mask_logits_positive
+    from edgesam_core.models.mask_resize import mask_logits_above
 
-    if threshold != 0.0:
-        return postprocess_masks(low_res, img_size, input_size, original_size) > threshold
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32))[None]
-        return mask_logits_positive(x, img_size, input_size, original_size)[0].numpy()
+        return mask_logits_above(x, img_size, input_size, original_size, threshold)[0].numpy()
 
 
 class ExportedSamPredictor:

@@ -12,10 +12,11 @@
 
 Both reproduce the kernel's arithmetic: it interpolates the two input rows along the width, then between them,
 each step ``fma(a, w0, b * w1)``, with indices and weights from ``fma(scale, dst + 0.5, -0.5)``. PyTorch runs
-that generic kernel for outputs of more than 128 rows plus columns, except for three channels on one thread
-(a vectorised kernel with other rounding). Checks against ``F.interpolate`` (once per process for the
-arithmetic, once per axis geometry for the tables) guard every assumption: where one fails, or where too many
-cells straddle zero for the shortcut to pay, the plain ``F.interpolate`` runs.
+that generic kernel except for channels-last inputs of four or more channels, outputs of at most 128 rows plus
+columns, and three channels on one thread (:func:`generic_kernel`); there upstream's own calls run. Checks
+against ``F.interpolate`` (once per process for the arithmetic, once per axis geometry for the tables) guard
+every assumption: where one fails, or where too many cells straddle zero for the shortcut to pay, the plain
+``F.interpolate`` runs.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ _MAX_BOUNDARY_SHARE = 0.03
 _MIN_UPSCALE_AREA = 4
 
 
-def generic_kernel(channels: int, out_size: Sequence[int]) -> bool:
-    """Whether PyTorch resizes NCHW float32 ``channels``-channel logits to ``out_size`` with its generic kernel
-    (the arithmetic reproduced here)."""
-    return int(out_size[0]) + int(out_size[1]) > 128 and (channels != 3 or torch.get_num_threads() > 1)
+def generic_kernel(x: torch.Tensor, out_size: Sequence[int]) -> bool:
+    """Whether PyTorch resizes float32 CPU logits ``x`` ``(B, C, h, w)`` to ``out_size`` with its generic kernel
+    (the arithmetic reproduced here). It runs a vectorised kernel, with other rounding, on channels-last inputs
+    of more than three channels (the PyTorch decoder's four masks are laid out so), for outputs of at most 128
+    rows plus columns, and for three channels on one thread."""
+    channels = x.shape[1]
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+            and not (channels > 3 and x.is_contiguous(memory_format=torch.channels_last))
+            and int(out_size[0]) + int(out_size[1]) > 128 and (channels != 3 or torch.get_num_threads() > 1))
 
 
 def _upsample_axis(x: torch.Tensor, dim: int, factor: int, keep: int) -> torch.Tensor:
@@ -111,17 +117,25 @@ def _model_frame_logits(masks: torch.Tensor, img_size: int, input_size: Sequence
     low_h, low_w = masks.shape[-2:]
     if (low_h, low_w) == (img_size, img_size):
         return masks[..., :h, :w]
-    if low_h != low_w or img_size % low_h:
-        return F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)[..., :h, :w]
-    factor = img_size // low_h
-    rows, cols = min(low_h, -(-h // factor) + 1), min(low_w, -(-w // factor) + 1)
-    cropped = masks[..., :rows, :cols]
-    if (factor & (factor - 1) == 0 and rows > 1 and cols > 1 and masks.dtype == torch.float32
-            and masks.device.type == "cpu" and masks.dim() == 4
-            and generic_kernel(masks.shape[1], (rows * factor, cols * factor)) and separable_upsample_reproduced()):
-        return upsample_logits(cropped, factor, (h, w))
-    return F.interpolate(cropped, scale_factor=float(factor), mode="bilinear", align_corners=False,
-                         recompute_scale_factor=False)[..., :h, :w]
+    if generic_kernel(masks, (img_size, img_size)) and low_h == low_w and img_size % low_h == 0:
+        factor = img_size // low_h
+        rows, cols = min(low_h, -(-h // factor) + 1), min(low_w, -(-w // factor) + 1)
+        cropped = masks[..., :rows, :cols]
+        if generic_kernel(cropped, (rows * factor, cols * factor)):  # the crop keeps the kernel: the same bits
+            if factor & (factor - 1) == 0 and rows > 1 and cols > 1 and separable_upsample_reproduced():
+                return upsample_logits(cropped, factor, (h, w))
+            return F.interpolate(cropped, scale_factor=float(factor), mode="bilinear", align_corners=False,
+                                 recompute_scale_factor=False)[..., :h, :w]
+    return F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def mask_logits_above(masks: torch.Tensor, img_size: int, input_size: Sequence[int],
+                      original_size: Sequence[int], threshold: float = 0.0) -> torch.Tensor:
+    """``resize_mask_logits(...) > threshold``: binary masks in the photo's frame, at SAM's threshold 0 by
+    :func:`mask_logits_positive`."""
+    if threshold == 0.0:
+        return mask_logits_positive(masks, img_size, input_size, original_size)
+    return resize_mask_logits(masks, img_size, input_size, original_size) > threshold
 
 
 def mask_logits_positive(masks: torch.Tensor, img_size: int, input_size: Sequence[int],
@@ -134,8 +148,7 @@ def mask_logits_positive(masks: torch.Tensor, img_size: int, input_size: Sequenc
     if (h, w) == size:
         return values > 0
     out = None
-    if (size[0] * size[1] >= _MIN_UPSCALE_AREA * h * w and values.dtype == torch.float32
-            and values.device.type == "cpu" and generic_kernel(c, size) and kernel_reproduced()):
+    if size[0] * size[1] >= _MIN_UPSCALE_AREA * h * w and generic_kernel(values, size) and kernel_reproduced():
         tables = axis_table(h, size[0]), axis_table(w, size[1])
         if tables[0] is not None and tables[1] is not None:
             out = positive_after_resize(values.reshape(b * c, h, w), *tables)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask_resize import mask_logits_positive, resize_mask_logits
+from .mask_resize import mask_logits_above, resize_mask_logits
 
 # An image embedding ``(B, 256, 64, 64)``, or for HQ models ``(embedding, [early features])``.
 ImageFeatures = Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]
@@ -99,11 +99,9 @@ class Sam(nn.Module):
 
     def postprocess_binary_masks(self, masks: torch.Tensor, input_size: Sequence[int],
                                  original_size: Sequence[int]) -> torch.Tensor:
-        """``postprocess_masks(...) > mask_threshold``: the same bool pixels; at SAM's threshold 0 a photo much larger
-        than the model frame is resized only where a mask's boundary crosses it (see :mod:`.mask_resize`)."""
-        if self.mask_threshold == 0.0:
-            return mask_logits_positive(masks, self.img_size, input_size, original_size)
-        return self.postprocess_masks(masks, input_size, original_size) > self.mask_threshold
+        """``postprocess_masks(...) > mask_threshold``: the same bool pixels; at SAM's threshold 0 a photo much
+        larger than the model frame is resized only where a mask's boundary crosses it (see :mod:`.mask_resize`)."""
+        return mask_logits_above(masks, self.img_size, input_size, original_size, self.mask_threshold)
 
     def forward(self, batched_input: list[dict[str, Any]], num_multimask_outputs: int = 1,
                 use_stability_score: bool = False, training_mode: bool = False) -> list[dict[str, Any]]:

@@ -80,6 +80,24 @@ def test_phase_upsampling_equals_the_kernel_bit_for_bit(channels, input_size, mo
     assert taken
 
 
+@pytest.mark.parametrize("input_size", [(300, 300), (225, 300), (300, 151), (2, 300)])
+def test_a_factor_of_three_resizes_only_the_crop_with_the_same_bits(input_size, two_threads):
+    """Not a power of two: ``F.interpolate`` on the rows and columns the crop keeps, the same numbers."""
+    masks = _hostile((1, 4, 100, 100), seed=9)
+    _same(resize_mask_logits(masks, 300, input_size, input_size), _upstream(masks, 300, input_size, input_size))
+
+
+def test_channels_last_masks_keep_pytorchs_own_kernel(monkeypatch, two_threads):
+    """Four masks laid out channels-last (as the PyTorch decoder returns them) take PyTorch's vectorised kernel,
+    whose rounding differs: there upstream's own call runs, for logits and for binary masks."""
+    monkeypatch.setattr(mask_resize, "upsample_logits", lambda *a: pytest.fail("the phases ran"))
+    masks = _hostile((1, 4, 256, 256), seed=7).contiguous(memory_format=torch.channels_last)
+    for original in ((768, 1024), (3024, 4032)):
+        expected = _upstream(masks, 1024, (768, 1024), original)
+        _same(resize_mask_logits(masks, 1024, (768, 1024), original), expected)
+        assert torch.equal(mask_logits_positive(masks, 1024, (768, 1024), original), expected > 0)
+
+
 def test_one_thread_with_three_masks_keeps_pytorchs_own_kernel(monkeypatch):
     """PyTorch resizes three channels on one thread with a vectorised kernel of other rounding: there the
     plain call runs, so the numbers stay PyTorch's."""
