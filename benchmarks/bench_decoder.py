@@ -8,7 +8,9 @@ staged decoder: ``_decoder_image`` once per image, ``_decoder_prompts`` per clic
 in its inference form.
 
 Everything mode runs on a real photo (matplotlib's ``grace_hopper.jpg``, resized to 1024x768) with SAM's
-32x32 grid and with ``--everything --fast`` (``FAST_EVERYTHING``); its cost is reported in reference-encoder
+32x32 grid, with ``--everything --fast`` (``FAST_EVERYTHING``) and with ``--proposals`` (``PROPOSAL_BOXES`` seeded
+boxes: the proposals per image that ``bench_everything_prompts.py``'s simulated detector gives its scenes); its
+cost is reported in reference-encoder
 times measured in the same run, with where it went (``profile_s``: seconds in the encoder, the decoder calls,
 the upscaling of surviving masks and the rest; ``decoder_share``). Random weights (prompt path spread so masks
 vary) unless ``--checkpoint``: latency does not depend on the values, mask counts do.
@@ -40,6 +42,16 @@ from benchmarks._common import build_model, emit_json, interleaved_rounds, ort_s
 #: per-image stage), the decoder calls (prompt encoding, mask decoder, low-resolution scores) and the upscaling of
 #: the masks that pass the low-resolution filter. The rest is the generator's own work (filters, boxes, RLE, NMS).
 PROFILED_STEPS = ("set_image", "predict_low_res_torch", "upscale_masks")
+#: Box proposals decoded by the ``--proposals`` case (bench_everything_prompts: 24-27 per scene of 27 objects).
+PROPOSAL_BOXES = 27
+
+
+def proposal_boxes(height: int, width: int, count: int = PROPOSAL_BOXES, seed: int = 0) -> np.ndarray:
+    """``count`` seeded xyxy boxes of 20-400 px sides inside a ``height x width`` photo."""
+    rng = np.random.default_rng(seed)
+    sides = rng.uniform(20, 400, (count, 2))
+    corner = rng.uniform(0, 1, (count, 2)) * (np.array([width, height]) - sides)
+    return np.concatenate([corner, corner + sides], axis=1)
 
 
 @contextmanager
@@ -154,17 +166,19 @@ def main() -> None:
     times = interleaved_rounds(cases, args.rounds)
     median = {name: statistics.median(v) for name, v in times.items()}
 
+    boxes = proposal_boxes(*photo.shape[:2])
     everything = {
-        "onnx_32x32": (onnx_predictor, {}), "torch_32x32": (torch_predictor, {}),
-        "onnx_fast": (onnx_predictor, FAST_EVERYTHING), "torch_fast": (torch_predictor, FAST_EVERYTHING),
+        "onnx_32x32": (onnx_predictor, {}, None), "torch_32x32": (torch_predictor, {}, None),
+        "onnx_fast": (onnx_predictor, FAST_EVERYTHING, None), "torch_fast": (torch_predictor, FAST_EVERYTHING, None),
+        "onnx_boxes": (onnx_predictor, {}, boxes), "torch_boxes": (torch_predictor, {}, boxes),
     }
     every: dict[str, dict] = {}
     for _ in range(args.everything_rounds):
-        for name, (predictor, options) in everything.items():
+        for name, (predictor, options, prompt_boxes) in everything.items():
             generator = SamAutomaticMaskGenerator(predictor, **options)
             with time_spent_in(predictor, PROFILED_STEPS) as spent:
                 start = time.perf_counter()
-                records = generator.generate(photo)
+                records = generator.generate(photo, boxes=prompt_boxes)
                 seconds = time.perf_counter() - start
             entry = every.setdefault(name, {"seconds": [], "masks": len(records), "profile_s": []})
             entry["seconds"].append(round(seconds, 3))

@@ -1,4 +1,5 @@
-"""What everything mode's prompt strategies find: SAM's 32x32 grid, a 16x16 grid and ``--fast``, with an oracle.
+"""What everything mode's prompt strategies find: SAM's 32x32 grid, a 16x16 grid, ``--fast`` and box proposals
+(``--proposals``), with an oracle.
 
 With random weights no candidate mask passes the generator's filters, so a strategy's *recall* cannot be read off
 the real model here. What a strategy decides is which points get decoded; this benchmark measures that part
@@ -13,6 +14,14 @@ discs, squares and triangles pasted on (radius log-uniform in [``--min-radius``,
 a smaller shape inside (parts inside wholes, which ``--fast`` trades away). Reported per strategy: decoder prompts
 run (its cost: ``bench_decoder.py`` times one prompt), and objects found, by size (radius < 24 px, < 64 px,
 larger) and for the nested parts.
+
+Box proposals: the oracle answers a box with the object whose bounding box overlaps it best (box IoU >= 0.5), as
+SAM answers a box with the object filling it. The boxes come from a *simulated* detector, since none runs here:
+``boxes_every_object`` gives every object's true box (what the generator keeps of perfect proposals), and
+``boxes_detector`` an assumed detector that finds 60 % / 85 % / 95 % of small / medium / large objects, moves each
+side by N(0, 5 % of the box side) and adds 10 % false boxes. Its found objects follow from those assumptions; what
+the benchmark measures is the cost (one decoder prompt per box) and that the generator's filters and NMS keep
+what the boxes ask for (parts inside wholes included).
 
     python benchmarks/bench_everything_prompts.py --out benchmarks/results/bench_everything_prompts.json
 """
@@ -39,6 +48,12 @@ STRATEGIES = {
     "fast_no_budget": {**FAST_EVERYTHING, "max_points": None},
 }
 SIZE_BUCKETS = (("small", 0, 24), ("medium", 24, 64), ("large", 64, 1e9))
+#: Simulated detectors for the box strategy: detection rate per size bucket, box jitter (fraction of the side,
+#: standard deviation per coordinate) and false boxes (fraction of the objects).
+BOX_STRATEGIES = {
+    "boxes_every_object": {"found": (1.0, 1.0, 1.0), "jitter": 0.0, "false_boxes": 0.0},
+    "boxes_detector": {"found": (0.6, 0.85, 0.95), "jitter": 0.05, "false_boxes": 0.1},
+}
 
 
 def make_scene(rng: np.random.Generator, photo: np.ndarray, objects: int,
@@ -98,6 +113,7 @@ class OraclePredictor:
         from edgesam_core.data.transforms import ResizeLongestSide
 
         self.objects = sorted(objects, key=lambda o: int(o["mask"].sum()))  # smallest first: SAM's order
+        self.boxes = torch.tensor([mask_box(o["mask"]) for o in self.objects], dtype=torch.float64).reshape(-1, 4)
         self.transform = ResizeLongestSide(1024)
         self.prompts = 0
         self.size: tuple[int, int] | None = None
@@ -108,11 +124,26 @@ class OraclePredictor:
     def reset_image(self) -> None:
         self.size = None
 
-    def predict_low_res_torch(self, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                              num_multimask_outputs: int, use_stability_score: bool) -> tuple[torch.Tensor, ...]:
+    def predict_low_res_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
+                              num_multimask_outputs: int, use_stability_score: bool,
+                              boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         assert self.size is not None
         h, w = self.size
         scale = 1024 / max(h, w)
+        if boxes is not None:  # the object whose box overlaps best (IoU >= 0.5), else no mask
+            from edgesam_core.inference.amg import box_iou
+
+            logits = torch.full((len(boxes), 1, h, w), -8.0)
+            scores = torch.zeros(len(boxes), 1)
+            if len(self.boxes):
+                overlap = box_iou(boxes.double() / scale, self.boxes)
+                best, index = overlap.max(dim=1)
+                for i in range(len(boxes)):
+                    if best[i] >= 0.5:
+                        logits[i, 0][torch.from_numpy(self.objects[int(index[i])]["mask"])] = 8.0
+                        scores[i, 0] = 1.0
+            self.prompts += len(boxes)
+            return scores, logits
         xy = (point_coords[:, 0, :] / scale).round().long()
         logits = torch.full((len(xy), num_multimask_outputs, h, w), -8.0)
         scores = torch.zeros(len(xy), num_multimask_outputs)
@@ -138,6 +169,30 @@ class OraclePredictor:
         scores, logits = self.predict_low_res_torch(point_coords, point_labels, num_multimask_outputs,
                                                     use_stability_score)
         return (logits if return_logits else logits > 0), scores, logits
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """A mask's bounding box, xyxy pixels (right and bottom edges exclusive)."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def detector_boxes(rng: np.random.Generator, objects: list[dict], size: tuple[int, int], found: tuple[float, ...],
+                   jitter: float, false_boxes: float) -> np.ndarray:
+    """A simulated detector's boxes for a scene (see :data:`BOX_STRATEGIES`), clipped to the image."""
+    h, w = size
+    boxes = []
+    for obj in objects:
+        bucket = next(k for k, (_, lo, hi) in enumerate(SIZE_BUCKETS) if lo <= obj["radius"] < hi)
+        if rng.random() < found[bucket]:
+            x0, y0, x1, y1 = mask_box(obj["mask"])
+            sides = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+            boxes.append(np.array([x0, y0, x1, y1]) + rng.normal(0, jitter, 4) * sides)
+    for _ in range(int(round(false_boxes * len(objects)))):
+        cx, cy, bw, bh = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 200), rng.uniform(10, 200)
+        boxes.append(np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]))
+    out = np.clip(np.array(boxes).reshape(-1, 4), 0, [w, h, w, h])
+    return out[(out[:, 2] > out[:, 0] + 1) & (out[:, 3] > out[:, 1] + 1)]
 
 
 def recall(records: list[dict], objects: list[dict]) -> dict[str, list[int]]:
@@ -176,12 +231,16 @@ def main() -> None:
     with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
         photo = np.asarray(im.convert("RGB").resize((1024, 768)))
     rng = np.random.default_rng(args.seed)
-    totals = {name: {"prompts": 0, "found": {}} for name in STRATEGIES}
+    detector_rng = np.random.default_rng([args.seed, 1])  # its own stream: the scenes stay those of the grids
+    totals = {name: {"prompts": 0, "found": {}} for name in [*STRATEGIES, *BOX_STRATEGIES]}
     for _ in range(args.scenes):
         image, objects = make_scene(rng, photo, args.objects, args.min_radius)
-        for name, opts in STRATEGIES.items():
+        runs = [(name, opts, None) for name, opts in STRATEGIES.items()]
+        runs += [(name, {"points_per_batch": 16}, detector_boxes(detector_rng, objects, image.shape[:2], **spec))
+                 for name, spec in BOX_STRATEGIES.items()]
+        for name, opts, boxes in runs:
             oracle = OraclePredictor(objects)
-            records = SamAutomaticMaskGenerator(oracle, **opts).generate(image)
+            records = SamAutomaticMaskGenerator(oracle, **opts).generate(image, boxes=boxes)
             totals[name]["prompts"] += oracle.prompts
             for key, (hit, count) in recall(records, objects).items():
                 acc = totals[name]["found"].setdefault(key, [0, 0])
@@ -189,7 +248,7 @@ def main() -> None:
                 acc[1] += count
     result = {"settings": vars(args) | {"out": str(args.out) if args.out else None,
                                         "image": "grace_hopper.jpg resized to 1024x768, shapes pasted",
-                                        "strategies": STRATEGIES},
+                                        "strategies": STRATEGIES, "box_strategies": BOX_STRATEGIES},
               "strategies": {}}
     print(f"{'strategy':16s} {'prompts/image':>13s}  " + "  ".join(f"{k:>14s}" for k in totals["sam_32x32"]["found"]))
     for name, entry in totals.items():

@@ -24,6 +24,7 @@ EXAMPLES = """
   [dim]# segment everything (automatic mask generation)[/dim]
   edgesam segment photo.jpg --everything
   edgesam segment photo.jpg --everything --fast     [dim]# at most 80 decoder runs instead of 1,024[/dim]
+  edgesam segment photos/ --everything --proposals boxes.json  [dim]# a detector's boxes: one run per box[/dim]
 
   [dim]# a big folder on 4 processes (each takes every 4th image), resumable after an interruption[/dim]
   torchrun --nproc_per_node 4 -m edgesam_cli segment photos/ --everything --out masks/ --resume
@@ -55,6 +56,10 @@ def command(
     fast: Annotated[bool, typer.Option(
         "--fast", help="With --everything: a 16x16 grid, coarse to fine, skipping points inside masks already "
         "found, at most 80 decoder runs (SAM's grid: 1,024); may miss small or nested objects.")] = False,
+    proposals: Annotated[Path | None, typer.Option(
+        "--proposals", dir_okay=False, help="With --everything: prompt with a detector's boxes instead of the point "
+        "grid, one mask per box. JSON: [[x0,y0,x1,y1], ...] for one image, or {\"photo.jpg\": [[...], ...]} for a "
+        "folder.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model variant, e.g. edge_sam_dyt, edge_sam_dyt_hq, edge_sam, vit_h; default: recognised "
         "from --checkpoint, else edge_sam_dyt (edge_sam_dyt_hq with --hq).")] = None,
@@ -83,16 +88,17 @@ def command(
 
     from edgesam_cli.console import RichProgress, err_console, out_console
     from edgesam_core.errors import InputError
-    from edgesam_core.inference.segment_prompts import build_prompts
     from edgesam_core.inference.segment_job import (
         execute_plan,
         fetch_checkpoint,
         plan_segment,
         shard_from_env,
     )
+    from edgesam_core.inference.segment_prompts import build_prompts
     from edgesam_core.merge import decoder_source_for
 
-    prompts = build_prompts(point or [], label or [], negative_point or [], box or [], everything, fast, task)
+    prompts = build_prompts(point or [], label or [], negative_point or [], box or [], everything, fast, task,
+                            proposals)
     plan = plan_segment(source, prompts, out, model=model, checkpoint=checkpoint, device=device, hq=hq,
                         multimask=multimask)
     plan.resume, plan.shard, plan.tasks = resume, shard_from_env(), tasks

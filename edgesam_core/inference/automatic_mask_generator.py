@@ -1,4 +1,4 @@
-"""Segment everything: prompt a grid of points (optionally on crops), filter, de-duplicate.
+"""Segment everything: prompt a grid of points (optionally on crops) or a detector's boxes, filter, de-duplicate.
 
 The algorithm is SAM's ``SamAutomaticMaskGenerator`` with EdgeSAM's settings. Upstream EdgeSAM-DyT crashes
 here (it unpacks three values from its five-value ``predict_torch``); this version calls the predictor by
@@ -136,15 +136,22 @@ class SamAutomaticMaskGenerator:
         self.max_points = max_points
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(self, image: np.ndarray, boxes: Any = None) -> list[dict[str, Any]]:
         """Generate masks for an ``HxWx3`` uint8 RGB image.
+
+        Args:
+            image: the image.
+            boxes: box proposals (``Nx4`` xyxy pixels, e.g. a detector's): each box is one prompt with one
+                mask (SAM's single-mask output for boxes) in place of the point grid; the same filters and
+                de-duplication follow. Needs ``crop_n_layers=0``.
 
         Returns:
             One record per mask, sorted by nothing in particular (NMS order): ``segmentation`` (``HxW`` bool
             array or RLE dict, per ``output_mode``), ``area`` (int), ``bbox`` (XYWH), ``predicted_iou``,
-            ``point_coords`` (``[[x, y]]``), ``stability_score``, ``crop_box`` (XYWH).
+            ``point_coords`` (``[[x, y]]``: the grid point, or the centre of the prompting box),
+            ``stability_score``, ``crop_box`` (XYWH), and with ``boxes`` ``prompt_box`` (the box, XYWH).
         """
-        data = self._generate_masks(image)
+        data = self._generate_masks(image, None if boxes is None else _check_boxes(boxes, self.crop_n_layers))
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,
                                                   max(self.box_nms_thresh, self.crop_nms_thresh))
@@ -164,17 +171,18 @@ class SamAutomaticMaskGenerator:
                 "point_coords": [np.asarray(data["points"][i], dtype=np.float64).tolist()],
                 "stability_score": float(data["stability_score"][i]),
                 "crop_box": _xywh(data["crop_boxes"][i]),
+                **({"prompt_box": _xywh(data["prompt_boxes"][i])} if "prompt_boxes" in data else {}),
             })
         return records
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, boxes: np.ndarray | None = None) -> MaskData:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"generate expects an HxWx3 uint8 array, got {getattr(image, 'shape', None)}")
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
         for crop_box, layer in zip(crop_boxes, layer_idxs):
-            data.cat(self._process_crop(image, crop_box, layer, orig_size))
+            data.cat(self._process_crop(image, crop_box, layer, orig_size, boxes))
         if len(crop_boxes) > 1 and len(data["rles"]) > 0:
             # Between crops prefer masks from smaller crops.
             scores = 1.0 / box_area(data["crop_boxes"].float())
@@ -183,11 +191,16 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
-                      orig_size: tuple[int, int]) -> MaskData:
+                      orig_size: tuple[int, int], boxes: np.ndarray | None = None) -> MaskData:
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         self.predictor.set_image(crop)
+        if boxes is not None:  # detector proposals (whole image only): one prompt per box
+            data = MaskData()
+            for (batch,) in batch_iterator(self.points_per_batch, boxes):
+                data.cat(self._process_batch(None, crop_size, crop_box, orig_size, boxes=batch))
+            return self._finish_crop(data, crop_box)
         points_for_crop = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[None, ::-1]
         covered = None
         if self.skip_covered_points:
@@ -207,6 +220,10 @@ class SamAutomaticMaskGenerator:
                 continue
             budget -= len(points)
             data.cat(self._process_batch(points, crop_size, crop_box, orig_size, covered))
+        return self._finish_crop(data, crop_box)
+
+    def _finish_crop(self, data: MaskData, crop_box: list[int]) -> MaskData:
+        """De-duplicate one crop's masks and move them into the image frame."""
         self.predictor.reset_image()
         if "rles" not in data:
             return _empty_data(crop_box)
@@ -214,36 +231,48 @@ class SamAutomaticMaskGenerator:
             data.filter(nms(data["boxes"].float(), data["iou_preds"], self.box_nms_thresh))
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
+        if "prompt_boxes" in data:
+            data["prompt_boxes"] = uncrop_boxes_xyxy(data["prompt_boxes"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]), dtype=torch.long).reshape(-1, 4)
         return data
 
-    def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
-                       orig_size: tuple[int, int], covered: torch.Tensor | None = None) -> MaskData:
+    def _process_batch(self, points: np.ndarray | None, crop_size: tuple[int, int], crop_box: list[int],
+                       orig_size: tuple[int, int], covered: torch.Tensor | None = None,
+                       boxes: np.ndarray | None = None) -> MaskData:
+        """Decode one batch of grid points (or, with ``boxes``, of box prompts: one mask each), filter, encode."""
         orig_h, orig_w = orig_size
         device = getattr(self.predictor, "device", "cpu")  # exported backends take CPU tensors
-        in_points = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size),
-                                    dtype=torch.float, device=device)
-        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
+        transform = self.predictor.transform
+        prompt: dict[str, Any]
+        if boxes is None:
+            assert points is not None
+            in_points = torch.as_tensor(transform.apply_coords(points, crop_size), dtype=torch.float, device=device)
+            prompt = {"point_coords": in_points[:, None, :],
+                      "point_labels": torch.ones(len(in_points), 1, dtype=torch.int, device=device)}
+            outputs = self.num_multimask_outputs
+        else:
+            points = (boxes[:, :2] + boxes[:, 2:]) / 2
+            prompt = {"point_coords": None, "point_labels": None,
+                      "boxes": torch.as_tensor(transform.apply_boxes(boxes, crop_size), dtype=torch.float,
+                                               device=device)}
+            outputs = 1
         low_res_first = hasattr(self.predictor, "predict_low_res_torch")
         if low_res_first:
             # Score and filter at low resolution; only the survivors are upscaled to the image (the same masks).
             iou_preds, masks = self.predictor.predict_low_res_torch(
-                in_points[:, None, :], in_labels[:, None], self.num_multimask_outputs,
-                self.use_stability_score_for_iou)
+                num_multimask_outputs=outputs, use_stability_score=self.use_stability_score_for_iou, **prompt)
         else:
             masks, iou_preds, _ = self.predictor.predict_torch(
-                point_coords=in_points[:, None, :],
-                point_labels=in_labels[:, None],
-                num_multimask_outputs=self.num_multimask_outputs,
-                return_logits=True,
-                use_stability_score=self.use_stability_score_for_iou,
-            )
+                num_multimask_outputs=outputs, return_logits=True,
+                use_stability_score=self.use_stability_score_for_iou, **prompt)
         per_point = masks.shape[1]
         data = MaskData(
             masks=masks.flatten(0, 1),
             iou_preds=iou_preds.flatten(0, 1),
             points=torch.as_tensor(np.repeat(points, per_point, axis=0), dtype=torch.float),
         )
+        if boxes is not None:
+            data["prompt_boxes"] = torch.as_tensor(np.repeat(boxes, per_point, axis=0), dtype=torch.float)
         del masks
         if self.pred_iou_thresh > 0.0:
             # NaN scores (all-background logits) compare False and are dropped, as upstream.
@@ -289,6 +318,16 @@ class SamAutomaticMaskGenerator:
                 data["boxes"][i] = boxes[i].numpy() if isinstance(data["boxes"], np.ndarray) else boxes[i]
         data.filter(keep)
         return data
+
+
+def _check_boxes(boxes: Any, crop_n_layers: int) -> np.ndarray:
+    """Box proposals as an ``Nx4`` float64 array; raises ValueError for malformed boxes or crop layers."""
+    if crop_n_layers:
+        raise ValueError("box proposals prompt the whole image: use crop_n_layers=0")
+    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    if not np.isfinite(array).all() or (array[:, 2:] <= array[:, :2]).any():
+        raise ValueError("box proposals must be finite x0, y0, x1, y1 with x1 > x0 and y1 > y0")
+    return array
 
 
 def coarse_to_fine_order(count: int) -> np.ndarray:

@@ -334,12 +334,13 @@ class ExportedSamPredictor:
         return tuple(torch.from_numpy(np.concatenate(t).astype(np.float32)) for t in (scores, low_res, logits))
 
     def predict_low_res_torch(self, point_coords: Any, point_labels: Any, num_multimask_outputs: int,
-                              use_stability_score: bool) -> tuple[Any, Any]:
-        """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling."""
+                              use_stability_score: bool, boxes: Any = None) -> tuple[Any, Any]:
+        """B prompt sets (model-input frame: points with labels, and/or ``Bx4`` boxes) -> ``(scores BxC,
+        low_res BxCxhxw)``, without upscaling."""
         from edgesam_core.inference.amg import calculate_stability_score
 
         self._require_image()
-        scores, low_res, _ = self._decode_rows(point_coords, point_labels, None, num_multimask_outputs)
+        scores, low_res, _ = self._decode_rows(point_coords, point_labels, boxes, num_multimask_outputs)
         if use_stability_score:
             scores = calculate_stability_score(low_res, self.mask_threshold, self.stability_score_offset)
         return scores, low_res

@@ -379,14 +379,21 @@ class SamPredictor:
         return (masks, scores, low_res, sam_masks) if return_sam_masks else (masks, scores, low_res)
 
     @torch.no_grad()
-    def predict_low_res_torch(self, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                              num_multimask_outputs: int, use_stability_score: bool) -> tuple[torch.Tensor, ...]:
-        """B prompt sets (model-input frame) -> ``(scores BxC, low_res BxCxhxw)``, without upscaling: callers
-        that filter many candidates (the automatic mask generator) upscale only the survivors."""
+    def predict_low_res_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
+                              num_multimask_outputs: int, use_stability_score: bool,
+                              boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """B prompt sets (model-input frame: ``BxNx2`` points with ``BxN`` labels, and/or ``Bx4`` boxes) ->
+        ``(scores BxC, low_res BxCxhxw)``, without upscaling: callers that filter many candidates (the
+        automatic mask generator) upscale only the survivors."""
         self._require_image()
         batch = self.prompts_per_call
-        parts = [self._decode(point_coords[start:start + batch], point_labels[start:start + batch], None, None,
-                              num_multimask_outputs) for start in range(0, point_coords.shape[0], batch)]
+        rows = (point_coords if point_coords is not None else boxes).shape[0]
+
+        def part(t: torch.Tensor | None, start: int) -> torch.Tensor | None:
+            return None if t is None else t[start:start + batch]
+
+        parts = [self._decode(part(point_coords, start), part(point_labels, start), part(boxes, start), None,
+                              num_multimask_outputs) for start in range(0, rows, batch)]
         low_res = torch.cat([part[0] for part in parts])
         scores = torch.cat([part[2] for part in parts])
         if use_stability_score:

@@ -109,15 +109,25 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
     return results
 
 
-def predict_everything(predictor: Any, image: np.ndarray, **generator_options: Any) -> list[MaskResult]:
-    """Segment the whole image with :class:`SamAutomaticMaskGenerator`; largest masks first."""
+def predict_everything(predictor: Any, image: np.ndarray, boxes: Any = None,
+                       **generator_options: Any) -> list[MaskResult]:
+    """Segment the whole image with :class:`SamAutomaticMaskGenerator` (prompted by its point grid, or by
+    ``boxes``: box proposals, ``Nx4`` xyxy pixels); largest masks first."""
     from edgesam_core.inference.automatic_mask_generator import (
         SamAutomaticMaskGenerator,
     )
     generator = SamAutomaticMaskGenerator(predictor, output_mode="binary_mask", **generator_options)
-    records = sorted(generator.generate(image), key=lambda r: -r["area"])
-    return [MaskResult(r["segmentation"], r["stability_score"], r["predicted_iou"],
-                       {"point": r["point_coords"][0]}) for r in records]
+    records = sorted(generator.generate(image, boxes=boxes), key=lambda r: -r["area"])
+    return [MaskResult(r["segmentation"], r["stability_score"], r["predicted_iou"], _everything_prompt(r))
+            for r in records]
+
+
+def _everything_prompt(record: dict[str, Any]) -> dict[str, Any]:
+    """The prompt of an everything-mode mask: its grid point, or its proposal box (xyxy)."""
+    if "prompt_box" in record:
+        x, y, w, h = record["prompt_box"]
+        return {"box": [x, y, x + w, y + h]}
+    return {"point": record["point_coords"][0]}
 
 
 # -- writing --------------------------------------------------------------------------------------------
@@ -258,7 +268,10 @@ def shard_from_env() -> tuple[int, int]:
 
 def job_signature(prompts: SegmentPrompts, multimask: bool | None, meta: dict[str, Any]) -> dict[str, Any]:
     """What a ``STEM.json`` was computed from: a resumed run reuses it only when this matches."""
-    return {"prompts": dataclasses.asdict(prompts), "multimask": multimask, **meta}
+    described = dataclasses.asdict(dataclasses.replace(prompts, proposals=None))
+    if prompts.proposals is not None:  # the boxes by digest (a folder's file can hold thousands)
+        described["proposals"] = prompts.proposals.signature()
+    return {"prompts": described, "multimask": multimask, **meta}
 
 
 def _is_complete(out_dir: Path, stem: str, job: dict[str, Any]) -> bool:
@@ -348,9 +361,12 @@ def _segment_one(path: Path, stem: str, image: np.ndarray, predictor: Any, promp
                  out_dir: Path, multimask: bool | None, meta: dict[str, Any]) -> ImageReport:
     height, width = image.shape[:2]
     check_prompts_fit(prompts, width, height, path.name)
+    boxes = None if prompts.proposals is None else prompts.proposals.boxes_for(path.name, width, height)
     predictor.set_image(image)
     try:
-        if prompts.everything:
+        if boxes is not None:
+            results = predict_everything(predictor, image, boxes=np.asarray(boxes, np.float64).reshape(-1, 4))
+        elif prompts.everything:
             results = predict_everything(predictor, image, **(FAST_EVERYTHING if prompts.fast else {}))
         else:
             results = predict_prompts(predictor, prompts, multimask)
@@ -441,8 +457,13 @@ def plan_segment(
     if source.is_file():
         image = load_image(source)
         check_prompts_fit(prompts, image.shape[1], image.shape[0], source.name)
+        if prompts.proposals is not None:
+            prompts.proposals.boxes_for(source.name, image.shape[1], image.shape[0])
     else:
         list_images(source)
+        if prompts.proposals is not None and prompts.proposals.is_single_list:
+            raise InputError(f"{prompts.proposals.source} is one list of boxes, for one image; for the folder "
+                             f"{source} map file names to boxes: {{\"photo.jpg\": [[x0, y0, x1, y1], ...]}}")
     checkpoint, variant, device, is_torch = resolve_model_source(checkpoint, model, hq, device)
     if multimask and variant is not None and is_torch and variant_is_hq(variant):
         raise ConfigError("HQ models predict one mask per prompt; drop --multimask")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgesam_core.errors import ConfigError, InputError
+from edgesam_core.inference.box_proposals import BoxProposals, load_box_proposals
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class SegmentPrompts:
         everything: segment the whole image with the automatic mask generator instead.
         fast: with ``everything``, the generator's fast mode (:data:`FAST_EVERYTHING`).
         task: the name of a learned task prompt to segment by, with no click (``--task``).
+        proposals: with ``everything``, a detector's boxes to prompt with instead of the point grid
+            (``--proposals``).
     """
 
     points: tuple[tuple[float, float], ...] = ()
@@ -32,6 +36,7 @@ class SegmentPrompts:
     everything: bool = False
     fast: bool = False
     task: str | None = None
+    proposals: BoxProposals | None = None
 
     def prompt_sets(self) -> list[dict[str, object]]:
         """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}`` (or
@@ -85,6 +90,7 @@ def build_prompts(
     everything: bool = False,
     fast: bool = False,
     task: str | None = None,
+    proposals: str | Path | None = None,
 ) -> SegmentPrompts:
     """Turn the raw command-line values into :class:`SegmentPrompts`.
 
@@ -96,6 +102,7 @@ def build_prompts(
         everything: ``--everything`` (exclusive with the other prompts).
         fast: ``--fast`` (only with ``--everything``).
         task: ``--task NAME`` (exclusive with the other prompts).
+        proposals: ``--proposals FILE`` (only with ``--everything``, not with ``--fast``).
 
     Raises:
         InputError: malformed values or no prompt at all. ConfigError: conflicting options.
@@ -123,7 +130,13 @@ def build_prompts(
         raise InputError("No prompt given: pass --point X,Y, --box X0,Y0,X1,Y1, --everything or --task NAME")
     if fast and not everything:
         raise ConfigError("--fast is a mode of --everything; add --everything or drop --fast")
-    return SegmentPrompts(tuple(parsed_points), tuple(all_labels), tuple(parsed_boxes), everything, fast)
+    if proposals is not None and not everything:
+        raise ConfigError("--proposals gives --everything its prompts; add --everything or drop --proposals")
+    if proposals is not None and fast:
+        raise ConfigError("--proposals replaces the point grid that --fast thins out; drop one of them")
+    boxes_file = load_box_proposals(proposals) if proposals is not None else None
+    return SegmentPrompts(tuple(parsed_points), tuple(all_labels), tuple(parsed_boxes), everything, fast,
+                          proposals=boxes_file)
 
 
 def check_prompts_fit(prompts: SegmentPrompts, width: int, height: int, image_name: str) -> None:

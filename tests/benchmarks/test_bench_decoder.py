@@ -23,7 +23,8 @@ def test_bench_decoder_reports_clicks_ratios_and_everything_mode(tmp_path: Path)
     for name in ("ref_encoder", "ref_decoder_click", "our_prompt_stage_click", "onnx_predict", "torch_predict",
                  "torch_low_res_click"):
         assert len(result["all_ms"][name]) == 2 and result["median_ms"][name] > 0
-    assert set(result["everything"]) == {"onnx_32x32", "torch_32x32", "onnx_fast", "torch_fast"}
+    assert set(result["everything"]) == {"onnx_32x32", "torch_32x32", "onnx_fast", "torch_fast", "onnx_boxes",
+                                         "torch_boxes"}
     for entry in result["everything"].values():
         assert entry["median_s"] > 0 and entry["reference_encoder_times"] > 0
         # Where the time went: one image encoding, decoder calls, and the parts add up to the run's time.

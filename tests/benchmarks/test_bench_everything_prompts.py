@@ -43,12 +43,38 @@ def test_grids_find_what_their_points_reach():
     assert found["fast"]["large"] == [1, 1] and found["fast"]["parts"] == [0, 1]
 
 
+def test_box_oracle_answers_the_best_overlapping_object():
+    """A box gets the object whose box overlaps it best (IoU >= 0.5): a part's box its part, a whole's box the
+    whole, a box over nothing or over too little of an object no mask; the generator then keeps the part and the
+    whole (different boxes)."""
+    import torch
+
+    from benchmarks.bench_everything_prompts import OraclePredictor, recall
+    from edgesam_core.inference import SamAutomaticMaskGenerator
+
+    big, part = _disc(512, 384, 150), _disc(480, 360, 26)
+    objects = [{"mask": big | part, "radius": 150.0, "part": False}, {"mask": part, "radius": 26.0, "part": True}]
+    oracle = OraclePredictor(objects)
+    oracle.set_image(np.zeros((768, 1024, 3), dtype=np.uint8))
+    boxes = torch.tensor([[454.0, 334, 507, 387], [362, 234, 663, 535], [0, 0, 40, 40], [362, 234, 450, 535]])
+    scores, logits = oracle.predict_low_res_torch(None, None, 1, False, boxes=boxes)
+    assert scores[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]  # last: a third of the whole's box (IoU 0.29)
+    assert torch.equal(logits[0, 0] > 0, torch.from_numpy(part)) and torch.equal(logits[1, 0] > 0,
+                                                                                 torch.from_numpy(big | part))
+    records = SamAutomaticMaskGenerator(oracle).generate(np.zeros((768, 1024, 3), np.uint8), boxes=boxes.numpy())
+    assert recall(records, objects)["all"] == [2, 2] and oracle.prompts == 8
+
+
 def test_bench_everything_prompts_reports_every_strategy(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(SCRIPT), "--scenes", "1", "--objects", "6", "--out", str(out)], check=True,
                    capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())["strategies"]
-    assert set(result) == {"sam_32x32", "grid_16x16", "fast", "fast_no_budget"}
+    assert set(result) == {"sam_32x32", "grid_16x16", "fast", "fast_no_budget", "boxes_every_object",
+                           "boxes_detector"}
+    # Every object's true box: one prompt per object, and the generator keeps every mask they ask for.
+    every = result["boxes_every_object"]
+    assert every["prompts_per_image"] == every["objects"]["all"]["objects"] == every["objects"]["all"]["found"]
     assert result["sam_32x32"]["prompts_per_image"] == 1024 and result["grid_16x16"]["prompts_per_image"] == 256
     assert result["fast"]["prompts_per_image"] <= 80
     totals = {name: entry["objects"]["all"]["objects"] for name, entry in result.items()}

@@ -44,6 +44,9 @@ def ws(tmp_path_factory) -> Path:
     (root / "binary.yaml").write_bytes(b"\xff\xfe\x00bad" * 50)
     (root / "not_a_checkpoint.pth").write_bytes(b"PK\x03\x04 truncated zip")
     (root / "empty").mkdir()
+    (root / "one_image_boxes.json").write_text("[[1, 2, 30, 40]]")
+    (root / "flipped_box.json").write_text('{"photo.png": [[30, 2, 1, 40]]}')
+    (root / "other_image_boxes.json").write_text('{"elsewhere.png": [[1, 2, 30, 40]]}')
     return root
 
 
@@ -77,6 +80,19 @@ CASES: list[tuple[str, list[str], int, str]] = [
                                "--out", "{out}"], 2, "outside"),
     ("segment-fast-without-everything", ["segment", "{ws}/photo.png", "--point", "1,1", "--fast",
                                          "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2, "--everything"),
+    ("segment-proposals-without-everything", ["segment", "{ws}/photo.png", "--point", "1,1", "--proposals",
+                                              "{ws}/one_image_boxes.json", "--out", "{out}"], 2, "--everything"),
+    ("segment-proposals-not-json", ["segment", "{ws}/photo.png", "--everything", "--proposals", "{ws}/binary.txt",
+                                    "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2, "not JSON"),
+    ("segment-proposals-flipped-box", ["segment", "{ws}/photo.png", "--everything", "--proposals",
+                                       "{ws}/flipped_box.json", "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2,
+     "x1 > x0"),
+    ("segment-proposals-no-entry", ["segment", "{ws}/photo.png", "--everything", "--proposals",
+                                    "{ws}/other_image_boxes.json", "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"],
+     2, "no boxes for photo.png"),
+    ("segment-proposals-list-for-folder", ["segment", "{ws}/photos", "--everything", "--proposals",
+                                           "{ws}/one_image_boxes.json", "--checkpoint", "{ws}/tiny.pth", "--out",
+                                           "{out}"], 2, "map file names"),
     ("segment-no-prompt", ["segment", "{ws}/photo.png", "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2,
      "prompt"),
     ("segment-out-is-input-folder", ["segment", "{ws}/photos", "--point", "10,10", "--checkpoint", "{ws}/tiny.pth",

@@ -178,14 +178,50 @@ def test_everything(workdir, tmp_path, capsys, monkeypatch):
     doc = json.loads((tmp_path / "o" / "photo.json").read_text())
     assert (tmp_path / "o" / "photo_overlay.png").exists()
     # The CLI writes exactly what the library's generator finds on the same image and weights, and finds some.
-    from edgesam_core.inference.image_io import load_image
     from edgesam_core.inference.artifact_loader import load_predictor
+    from edgesam_core.inference.image_io import load_image
     from edgesam_core.inference.segment_job import predict_everything
 
     library = predict_everything(load_predictor(workdir / "stable.pth", model=DEBUG), load_image(workdir / "photo.jpg"))
     assert len(doc["masks"]) == len(library) > 0
     assert [m["area"] for m in doc["masks"]] == [int(r.mask.sum()) for r in library]
     assert len(list((tmp_path / "o").glob("photo_mask*.png"))) == len(doc["masks"])
+
+
+def test_everything_with_box_proposals(workdir, tmp_path, capsys, monkeypatch):
+    """--proposals: one decoder prompt per detector box, the same masks as the library's generator on the same
+    boxes (clipped to the photo), each mask's JSON prompt naming its box; a folder maps file names to boxes."""
+    from edgesam_core.inference.artifact_loader import load_predictor
+    from edgesam_core.inference.image_io import load_image
+    from edgesam_core.inference.segment_job import predict_everything
+
+    boxes = [[10, 12, 70, 60], [25, 15, 85, 65], [-3, 30, 50, 95]]  # the last overhangs: clipped to 0..120 x 0..90
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    args = ["--everything", "--model", DEBUG, "--checkpoint", str(workdir / "stable.pth")]
+    code, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), *args, "--proposals",
+                               str(tmp_path / "boxes.json"), "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert code == 0, stderr
+    doc = json.loads((tmp_path / "o" / "photo.json").read_text())
+    clipped = np.array([[10, 12, 70, 60], [25, 15, 85, 65], [0, 30, 50, 90]], np.float64)
+    library = predict_everything(load_predictor(workdir / "stable.pth", model=DEBUG), load_image(workdir / "photo.jpg"),
+                                 boxes=clipped)
+    assert len(doc["masks"]) == len(library) > 0
+    assert [m["prompt"] for m in doc["masks"]] == [r.prompt for r in library]
+    assert all(m["prompt"]["box"] in clipped.tolist() for m in doc["masks"])
+    assert [m["area"] for m in doc["masks"]] == [int(r.mask.sum()) for r in library]
+    assert doc["job"]["prompts"]["proposals"]["file"] == "boxes.json"
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((workdir / "photo.jpg").read_bytes())
+    (folder / "b.jpg").write_bytes((workdir / "photo.jpg").read_bytes())
+    (tmp_path / "per_image.json").write_text(json.dumps({"a.jpg": boxes, "b.jpg": []}))
+    code, _, stderr = run_cli(["segment", str(folder), *args, "--proposals", str(tmp_path / "per_image.json"),
+                               "--out", str(tmp_path / "f")], capsys, monkeypatch)
+    assert code == 0, stderr
+    a = json.loads((tmp_path / "f" / "a.json").read_text())
+    assert [m["area"] for m in a["masks"]] == [m["area"] for m in doc["masks"]]
+    assert json.loads((tmp_path / "f" / "b.json").read_text())["masks"] == []
 
 
 def test_missing_checkpoint_fetches_published_weights_lazily(workdir, tmp_path, capsys, monkeypatch):
@@ -195,7 +231,8 @@ def test_missing_checkpoint_fetches_published_weights_lazily(workdir, tmp_path, 
         calls.append(variant)
         return workdir / "ckpt.pth"
 
-    monkeypatch.setitem(sys.modules, "edgesam_core.weight_registry", types.SimpleNamespace(ensure_weights=ensure_weights))
+    monkeypatch.setitem(sys.modules, "edgesam_core.weight_registry",
+                        types.SimpleNamespace(ensure_weights=ensure_weights))
     code, _, stderr = run_cli(["segment", str(workdir / "photo.jpg"), "--point", "5,5", "--model", DEBUG,
                                "--out", str(tmp_path / "o")], capsys, monkeypatch)
     assert code == 0, stderr

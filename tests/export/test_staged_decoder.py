@@ -94,3 +94,37 @@ def test_batched_rows_equal_one_call_per_row(predictors):
     masks, _, _ = staged.predict_torch(point_coords=points, point_labels=labels, num_multimask_outputs=3,
                                        return_logits=True)
     torch.testing.assert_close(masks, staged.upscale_masks(low_res), atol=1e-5, rtol=0)
+
+
+def test_box_rows_through_every_decoder_form_give_the_models_masks(dyt_debug_export):
+    """Box proposals decoded in batches (the generator's box strategy) equal one ``predict(box=...)`` per box on
+    both ONNX decoder forms, and the PyTorch predictor's batched boxes within fp32 noise (the graphs themselves
+    are judged against the float64 model on box prompts by the export gate, test above)."""
+    from edgesam_core.inference import SamPredictor
+    from edgesam_core.inference.onnx_predictor import OnnxSamPredictor
+
+    model, result = dyt_debug_export
+    image = synthetic_image(100, 130, seed=3)
+    boxes = np.array([[10, 15, 90, 70], [0, 0, 130, 100], [60, 40, 75, 52], [5, 50, 40, 99]], np.float64)
+    reference = SamPredictor(model)
+    reference.set_image(image)
+    in_boxes = torch.as_tensor(reference.transform.apply_boxes(boxes, (100, 130)), dtype=torch.float)
+    ref_scores, ref_low_res = reference.predict_low_res_torch(None, None, 1, False, boxes=in_boxes)
+    for row, box in enumerate(boxes):  # the PyTorch rows are its single-box predictions
+        one = reference.predict(box=box, num_multimask_outputs=1, return_logits=True)
+        np.testing.assert_allclose(ref_low_res[row].numpy(), one.low_res_logits, atol=1e-5, rtol=1e-5)
+    scale = float(ref_low_res.abs().max())
+    assert scale > 0.1
+    for staged_form in (True, False):
+        onnx = OnnxSamPredictor(result.files["encoder"])
+        if not staged_form:
+            onnx.staged = None
+        onnx.prompt_batch = 3
+        onnx.set_image(image)
+        scores, low_res = onnx.predict_low_res_torch(None, None, 1, False, boxes=in_boxes)
+        assert low_res.shape == (4, 1, 32, 32)
+        for row, box in enumerate(boxes):
+            one = onnx.predict(box=box, num_multimask_outputs=1, return_logits=True)
+            np.testing.assert_allclose(low_res[row].numpy(), one.low_res_logits, atol=1e-5, rtol=1e-5)
+        assert (low_res - ref_low_res).abs().max() <= 1e-4 * scale
+        assert (scores - ref_scores).abs().max() <= 1e-4 * max(1.0, float(ref_scores.abs().max()))

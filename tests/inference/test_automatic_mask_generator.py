@@ -23,7 +23,7 @@ class _PointPrompt(nn.Module):
     """Passes the first point's coordinates (model-input frame) through as the 'sparse embedding'."""
 
     def forward(self, points=None, boxes=None, masks=None):
-        coords = points[0][:, :1, :].float()
+        coords = points[0][:, :1, :].float() if points is not None else ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None]
         return coords, torch.zeros(coords.shape[0], 1, 1, 1)
 
     def get_dense_pe(self):
@@ -197,7 +197,8 @@ class _CountingPredictor(_WithoutLowRes):
         self.prompts = 0
 
     def predict_torch(self, **kwargs):
-        self.prompts += kwargs["point_coords"].shape[0]
+        rows = kwargs["point_coords"] if kwargs.get("point_coords") is not None else kwargs["boxes"]
+        self.prompts += rows.shape[0]
         return self._predictor.predict_torch(**kwargs)
 
 
@@ -226,3 +227,44 @@ def test_max_points_caps_the_decoder_runs(photo_factory):
     assert counting.prompts <= 20 and records
     with pytest.raises(ValueError, match="max_points"):
         SamAutomaticMaskGenerator(counting, max_points=0)
+
+
+def test_box_proposals_give_the_predictors_box_masks(debug_model, photo_factory):
+    """Each kept record of the box strategy is ``predict(box=...)``'s single mask for its box, bit for bit."""
+    image = photo_factory(90, 120)
+    boxes = np.array([[10, 12, 70, 60], [40, 30, 118, 88], [0, 0, 120, 90]], np.float64)
+    predictor = SamPredictor(debug_model)
+    records = SamAutomaticMaskGenerator(predictor, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                        box_nms_thresh=1.0).generate(image, boxes=boxes)
+    assert len(records) == 3
+    predictor.set_image(image)
+    for record in records:
+        x, y, w, h = record["prompt_box"]
+        box = np.array([x, y, x + w, y + h])
+        assert any(np.array_equal(box, b) for b in boxes)
+        masks, _, low_res = predictor.predict(box=box, num_multimask_outputs=1)
+        assert np.array_equal(record["segmentation"], masks[0])
+        assert record["point_coords"] == [[x + w / 2, y + h / 2]]
+        from edgesam_core.inference.amg import stability_score_numpy
+
+        assert record["predicted_iou"] == pytest.approx(float(stability_score_numpy(low_res)[0]), abs=1e-6)
+
+
+def test_box_proposals_are_filtered_and_deduplicated(photo_factory):
+    """Near-duplicate boxes give one mask (box NMS); the disc decoder draws its disc at each box's centre."""
+    image = photo_factory(96, 128)
+    counting = _CountingPredictor(SamPredictor(_disc_model()))
+    boxes = [[20, 20, 60, 60], [21, 20, 61, 60], [80, 40, 120, 90]]
+    records = SamAutomaticMaskGenerator(counting, points_per_batch=2, pred_iou_thresh=0.0,
+                                        stability_score_thresh=0.0).generate(image, boxes=boxes)
+    assert counting.prompts == 3  # one decoder prompt per box (through predict_torch: no low-res path)
+    centres = sorted(tuple(r["point_coords"][0]) for r in records)
+    assert len(records) == 2 and centres[1] == (100.0, 65.0) and centres[0] in ((40.0, 40.0), (41.0, 40.0))
+    for record in records:
+        px, py = record["point_coords"][0]
+        assert record["segmentation"][int(py), int(px)]  # the disc around the box's centre
+    assert SamAutomaticMaskGenerator(counting).generate(image, boxes=np.zeros((0, 4))) == []
+    with pytest.raises(ValueError, match="crop_n_layers=0"):
+        SamAutomaticMaskGenerator(counting, crop_n_layers=1).generate(image, boxes=boxes)
+    with pytest.raises(ValueError, match="x1 > x0"):
+        SamAutomaticMaskGenerator(counting).generate(image, boxes=[[50, 10, 40, 30]])

@@ -135,7 +135,8 @@ def test_everything_mode_writes_masks(predictor, photo_path, tmp_path, monkeypat
         def __init__(self, predictor, **kwargs):
             assert kwargs["output_mode"] == "binary_mask"
 
-        def generate(self, image):
+        def generate(self, image, boxes=None):
+            assert boxes is None  # the grid (no --proposals)
             return fake
 
     from edgesam_core.inference import automatic_mask_generator
