@@ -362,16 +362,16 @@ def _segment_one(path: Path, stem: str, image: np.ndarray, predictor: Any, promp
     height, width = image.shape[:2]
     check_prompts_fit(prompts, width, height, path.name)
     boxes = None if prompts.proposals is None else prompts.proposals.boxes_for(path.name, width, height)
-    predictor.set_image(image)
-    try:
-        if boxes is not None:
-            results = predict_everything(predictor, image, boxes=np.asarray(boxes, np.float64).reshape(-1, 4))
-        elif prompts.everything:
-            results = predict_everything(predictor, image, **(FAST_EVERYTHING if prompts.fast else {}))
-        else:
+    if prompts.everything:  # the generator encodes the image (or its crops) itself, once
+        options = {"boxes": np.asarray(boxes, np.float64).reshape(-1, 4)} if boxes is not None else \
+            FAST_EVERYTHING if prompts.fast else {}
+        results = predict_everything(predictor, image, **options)
+    else:
+        predictor.set_image(image)
+        try:
             results = predict_prompts(predictor, prompts, multimask)
-    finally:
-        predictor.reset_image()
+        finally:
+            predictor.reset_image()
     return write_image_outputs(out_dir, stem, path, image, results, prompts, meta)
 
 

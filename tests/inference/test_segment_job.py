@@ -207,3 +207,18 @@ def test_shard_from_torchrun_environment(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(InputError, match="WORLD_SIZE"):
         segment_job.shard_from_env()
+
+
+@pytest.mark.parametrize("mode", ["grid", "fast", "proposals", "click"])
+def test_each_image_is_encoded_once(predictor, photo_path, tmp_path, monkeypatch, mode):
+    """Everything mode's generator encodes the image itself: the job must not encode it a second time first
+    (it did: every `segment --everything` paid one extra encoder run per image)."""
+    calls = []
+    original = predictor.set_image
+    monkeypatch.setattr(predictor, "set_image", lambda image, *a, **k: (calls.append(image.shape), original(image)))
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("[[5, 5, 60, 50]]")
+    prompts = {"grid": dict(everything=True), "fast": dict(everything=True, fast=True),
+               "proposals": dict(everything=True, proposals=boxes), "click": dict(points=["30,40"])}[mode]
+    segment_job.segment_images(photo_path, predictor, build_prompts(**prompts), tmp_path / "o")
+    assert len(calls) == 1
