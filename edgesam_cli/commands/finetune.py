@@ -24,14 +24,19 @@ EXAMPLES = """
   [dim]# a task prompt: the class "leaf" with no click (tokens + dense head; saved in ft/tasks.pt)[/dim]
   edgesam finetune --data my_parts/ ft/edge_sam_dyt_finetuned.pth --out ft/ --train prompt --task leaves --category leaf --task-dense --lr 1e-2
 
+  [dim]# a box-proposal head for fast everything mode (ft/proposals.pt; --batch = images per step)[/dim]
+  edgesam finetune --data my_parts/ weights/edge_sam_dyt.pth --out ft/ --train proposals --lr 1e-3 --epochs 20
+  edgesam segment photos/ --everything --proposals ft/proposals.pt --checkpoint weights/edge_sam_dyt.pth
+
   [dim]# then: the same held-out images, before and after, with evaluate; export as usual[/dim]
   edgesam evaluate --checkpoint ft/edge_sam_dyt_finetuned.pth --data folder --data-root my_parts/
   edgesam export-onnx ft/edge_sam_dyt_finetuned.pth
 
 Writes <out>/<checkpoint>_finetuned.pth (the best epoch by held-out mIoU; a plain state dict every command
 loads), finetune_report.json, finetune_miou.png and finetune_state.pt (a rerun with the same options resumes
-after the last finished epoch). Image embeddings are computed once and cached in <out>/embeddings (float16,
-keyed by the image bytes and the encoder's weights).
+after the last finished epoch); --train prompt writes tasks.pt, --train proposals proposals.pt,
+proposals_report.json and proposals_recall.png. Image embeddings are computed once and cached in <out>/embeddings
+(float16, keyed by the image bytes and the encoder's weights).
 """
 
 
@@ -44,8 +49,9 @@ def command(
     model: RecognisedVariantOpt = None,
     train: Annotated[str, typer.Option(
         "--train", help="What to train: decoder (the mask decoder), encoder+decoder (plus low-rank adapters on the "
-                        "encoder's 1x1 convs, merged at the end; no embedding cache) or prompt (a task prompt, "
-                        "everything else frozen; needs --task).")] = "decoder",
+                        "encoder's 1x1 convs, merged at the end; no embedding cache), prompt (a task prompt, "
+                        "everything else frozen; needs --task) or proposals (a box-proposal head for segment "
+                        "--everything --proposals, written to <out>/proposals.pt).")] = "decoder",
     lora_rank: Annotated[int, typer.Option(
         "--lora-rank", min=1, help="encoder+decoder: rank of the encoder's adapters.")] = 8,
     task: Annotated[str | None, typer.Option(
@@ -56,7 +62,9 @@ def command(
         "--task-dense", help="--train prompt: also learn a dense head (a 1x1 convolution of the image embedding "
                              "that tells the decoder where to look; 64k more numbers for full-size models).")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training images.")] = 10,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Objects per step (of one image).")] = 8,
+    batch: Annotated[int, typer.Option(
+        "--batch", min=1, help="Objects per step (of one image); images per step with --train prompt or proposals.")
+    ] = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 1e-4,
     val_fraction: Annotated[float, typer.Option(
         "--val-fraction", min=0.01, max=0.9, help="Share of images held out (a seeded split by file).")] = 0.2,
@@ -80,6 +88,13 @@ def command(
     with RichProgress() as progress:
         result = finetune(checkpoint, dataset, out, opts, progress=progress, resume=resume)
     before, best = result.before, result.best
+    if train == "proposals":
+        out_console.print(f"held-out box recall (IoU >= 0.5) {before['recall50']:.1f} -> {best['recall50']:.1f}, "
+                          f"{best['proposals_per_image']:.0f} boxes per image (best epoch {result.best_epoch}); "
+                          f"saved in {result.checkpoint}", highlight=False)
+        out_console.print(f"use it: edgesam segment IMAGE --everything --proposals {result.checkpoint} "
+                          f"--checkpoint {checkpoint}", highlight=False)
+        return
     if train == "prompt":
         out_console.print(f"task {task!r}: held-out mIoU {before['task']:.1f} -> {best['task']:.1f} with no click "
                           f"(best epoch {result.best_epoch}); saved in {result.checkpoint}", highlight=False)

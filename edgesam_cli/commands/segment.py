@@ -25,6 +25,7 @@ EXAMPLES = """
   edgesam segment photo.jpg --everything
   edgesam segment photo.jpg --everything --fast     [dim]# at most 80 decoder runs instead of 1,024[/dim]
   edgesam segment photos/ --everything --proposals boxes.json  [dim]# a detector's boxes: one run per box[/dim]
+  edgesam segment photos/ --everything --proposals ft/proposals.pt  [dim]# boxes of a trained proposal head[/dim]
 
   [dim]# a big folder on 4 processes (each takes every 4th image), resumable after an interruption[/dim]
   torchrun --nproc_per_node 4 -m edgesam_cli segment photos/ --everything --out masks/ --resume
@@ -57,9 +58,9 @@ def command(
         "--fast", help="With --everything: a 16x16 grid, coarse to fine, skipping points inside masks already "
         "found, at most 80 decoder runs (SAM's grid: 1,024); may miss small or nested objects.")] = False,
     proposals: Annotated[Path | None, typer.Option(
-        "--proposals", dir_okay=False, help="With --everything: prompt with a detector's boxes instead of the point "
-        "grid, one mask per box. JSON: [[x0,y0,x1,y1], ...] for one image, or {\"photo.jpg\": [[...], ...]} for a "
-        "folder.")] = None,
+        "--proposals", dir_okay=False, help="With --everything: prompt with boxes instead of the point grid, one mask "
+        "per box: a detector's as JSON ([[x0,y0,x1,y1], ...] for one image, {\"photo.jpg\": [[...], ...]} for a "
+        "folder), or a proposal head trained by 'edgesam finetune --train proposals' (proposals.pt).")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model variant, e.g. edge_sam_dyt, edge_sam_dyt_hq, edge_sam, vit_h; default: recognised "
         "from --checkpoint, else edge_sam_dyt (edge_sam_dyt_hq with --hq).")] = None,

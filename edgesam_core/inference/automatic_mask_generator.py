@@ -141,9 +141,10 @@ class SamAutomaticMaskGenerator:
 
         Args:
             image: the image.
-            boxes: box proposals (``Nx4`` xyxy pixels, e.g. a detector's): each box is one prompt with one
-                mask (SAM's single-mask output for boxes) in place of the point grid; the same filters and
-                de-duplication follow. Needs ``crop_n_layers=0``.
+            boxes: box proposals (``Nx4`` xyxy pixels, e.g. a detector's), or a callable giving them from the
+                predictor once the image is set (a trained proposal head reads its embedding): each box is one
+                prompt with one mask (SAM's single-mask output for boxes) in place of the point grid; the same
+                filters and de-duplication follow. Needs ``crop_n_layers=0``.
 
         Returns:
             One record per mask, sorted by nothing in particular (NMS order): ``segmentation`` (``HxW`` bool
@@ -151,7 +152,9 @@ class SamAutomaticMaskGenerator:
             ``point_coords`` (``[[x, y]]``: the grid point, or the centre of the prompting box),
             ``stability_score``, ``crop_box`` (XYWH), and with ``boxes`` ``prompt_box`` (the box, XYWH).
         """
-        data = self._generate_masks(image, None if boxes is None else _check_boxes(boxes, self.crop_n_layers))
+        if boxes is not None and self.crop_n_layers:
+            raise ValueError("box proposals prompt the whole image: use crop_n_layers=0")
+        data = self._generate_masks(image, boxes if boxes is None or callable(boxes) else _check_boxes(boxes))
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,
                                                   max(self.box_nms_thresh, self.crop_nms_thresh))
@@ -175,7 +178,7 @@ class SamAutomaticMaskGenerator:
             })
         return records
 
-    def _generate_masks(self, image: np.ndarray, boxes: np.ndarray | None = None) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, boxes: Any = None) -> MaskData:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"generate expects an HxWx3 uint8 array, got {getattr(image, 'shape', None)}")
         orig_size = (int(image.shape[0]), int(image.shape[1]))
@@ -191,12 +194,14 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
-                      orig_size: tuple[int, int], boxes: np.ndarray | None = None) -> MaskData:
+                      orig_size: tuple[int, int], boxes: Any = None) -> MaskData:
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         self.predictor.set_image(crop)
-        if boxes is not None:  # detector proposals (whole image only): one prompt per box
+        if boxes is not None:  # box proposals (whole image only): one prompt per box
+            if callable(boxes):
+                boxes = _check_boxes(boxes(self.predictor))
             data = MaskData()
             for (batch,) in batch_iterator(self.points_per_batch, boxes):
                 data.cat(self._process_batch(None, crop_size, crop_box, orig_size, boxes=batch))
@@ -320,10 +325,8 @@ class SamAutomaticMaskGenerator:
         return data
 
 
-def _check_boxes(boxes: Any, crop_n_layers: int) -> np.ndarray:
-    """Box proposals as an ``Nx4`` float64 array; raises ValueError for malformed boxes or crop layers."""
-    if crop_n_layers:
-        raise ValueError("box proposals prompt the whole image: use crop_n_layers=0")
+def _check_boxes(boxes: Any) -> np.ndarray:
+    """Box proposals as an ``Nx4`` float64 array; raises ValueError for malformed boxes."""
     array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
     if not np.isfinite(array).all() or (array[:, 2:] <= array[:, :2]).any():
         raise ValueError("box proposals must be finite x0, y0, x1, y1 with x1 > x0 and y1 > y0")

@@ -1,9 +1,10 @@
-"""Box proposals for ``edgesam segment --everything --proposals FILE``: a detector's boxes as everything-mode prompts.
+"""Box proposals for ``edgesam segment --everything --proposals FILE``: boxes as everything-mode prompts.
 
-The file is JSON, either one list of ``[x0, y0, x1, y1]`` pixel boxes (one image) or an object mapping image file
-names to such lists (a folder). Each box becomes one decoder prompt with one mask, in place of SAM's grid of
-1,024 points; the generator's filters and de-duplication follow. Torch-free; every problem is one
-:class:`~edgesam_core.errors.InputError` line naming the fix.
+FILE is either JSON from a detector, one list of ``[x0, y0, x1, y1]`` pixel boxes (one image) or an object mapping
+image file names to such lists (a folder), or a proposal head trained with ``edgesam finetune --train proposals``
+(``.pt``), which proposes boxes from each image's embedding. Each box becomes one decoder prompt with one mask,
+in place of SAM's grid of 1,024 points; the generator's filters and de-duplication follow. Importing this module
+imports no torch; every problem is one :class:`~edgesam_core.errors.InputError` line naming the fix.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +68,76 @@ class BoxProposals:
         return {"file": Path(self.source).name, "sha256": self.sha256}
 
 
-def load_box_proposals(path: str | Path) -> BoxProposals:
-    """Read and check a proposals file (see the module docstring for its two forms).
+@dataclass(frozen=True)
+class LearnedProposals:
+    """A trained proposal head (``edgesam finetune --train proposals``): boxes from each image's embedding.
+
+    Attributes:
+        source: the file, as given. sha256: digest of its bytes. max_boxes, min_score: what is kept per image.
+    """
+
+    source: str
+    sha256: str
+    max_boxes: int = 100
+    min_score: float = 0.05
+    is_single_list = False
+
+    def boxes_for(self, image_name: str, width: int, height: int) -> Callable[[Any], Any]:
+        """A proposer for the mask generator: ``proposer(predictor)`` -> the image's boxes (``Nx4`` pixels)."""
+        head, meta = _load_head(self.source, self.sha256)
+        return lambda predictor: propose_boxes(head, meta, predictor, self.max_boxes, self.min_score, self.source)
+
+    def signature(self) -> dict[str, str]:
+        """What a job's outputs depend on (the head, by digest)."""
+        return {"file": Path(self.source).name, "sha256": self.sha256}
+
+
+@lru_cache(maxsize=4)
+def _load_head(source: str, sha256: str) -> tuple[Any, dict]:
+    from edgesam_core.models.box_proposal_head import load_proposal_head
+
+    try:
+        return load_proposal_head(source)
+    except ValueError as exc:
+        raise InputError(f"{source} {exc}") from None
+
+
+def propose_boxes(head: Any, meta: dict, predictor: Any, max_boxes: int, min_score: float, source: str) -> Any:
+    """The head's boxes for the image set in ``predictor``, in its pixels (``Nx4`` float64 array)."""
+    import numpy as np
+    import torch
+
+    from edgesam_core.models.box_proposal_head import decode_proposals
+
+    variant = getattr(getattr(predictor, "model", None), "variant", None)  # known for PyTorch weights
+    if variant and meta.get("model") and variant != meta["model"]:
+        raise InputError(f"{source} was trained on {meta['model']}'s embeddings, this model is {variant}; train "
+                         "proposals for this model with 'edgesam finetune --train proposals'")
+    embedding = predictor.get_image_embedding()
+    embedding = torch.as_tensor(np.asarray(embedding) if not isinstance(embedding, torch.Tensor) else embedding)
+    expected = (int(meta["embed_dim"]), int(meta["grid"]), int(meta["grid"]))
+    if tuple(embedding.shape[1:]) != expected:
+        raise InputError(f"{source} was trained on {meta.get('model', 'another model')}'s {expected[0]}x{expected[1]}"
+                         f"x{expected[2]} embeddings, this model gives {'x'.join(map(str, embedding.shape[1:]))}; "
+                         "train proposals for this model with 'edgesam finetune --train proposals'")
+    with torch.no_grad():
+        objectness, sides = head(embedding.detach().float().cpu())
+    input_h, input_w = predictor.input_size
+    boxes, _ = decode_proposals(objectness[0], sides[0], int(meta["img_size"]) / expected[1], (input_h, input_w),
+                                max_boxes, min_score)
+    height, width = predictor.original_size
+    boxes = boxes.double() * torch.tensor([width / input_w, height / input_h] * 2, dtype=torch.float64)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep].numpy()
+
+
+def load_box_proposals(path: str | Path) -> BoxProposals | LearnedProposals:
+    """Read and check a proposals file: a detector's boxes (JSON; see the module docstring for its two forms) or a
+    trained proposal head (``.pt``/``.pth``).
 
     Raises:
-        InputError: a missing or unreadable file, not JSON, or a malformed box (named, with the fix).
+        InputError: a missing or unreadable file, not JSON, a malformed box, or a ``.pt`` that is not a proposal
+        head (named, with the fix).
     """
     path = Path(path)
     try:
@@ -78,6 +146,10 @@ def load_box_proposals(path: str | Path) -> BoxProposals:
         raise InputError(f"Proposals file not found: {path}") from None
     except OSError as exc:
         raise InputError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() in (".pt", ".pth"):
+        learned = LearnedProposals(str(path), hashlib.sha256(raw).hexdigest())
+        _load_head(learned.source, learned.sha256)  # checked now, before any image is encoded
+        return learned
     try:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -112,7 +112,7 @@ def predict_prompts(predictor: Any, prompts: SegmentPrompts, multimask: bool | N
 def predict_everything(predictor: Any, image: np.ndarray, boxes: Any = None,
                        **generator_options: Any) -> list[MaskResult]:
     """Segment the whole image with :class:`SamAutomaticMaskGenerator` (prompted by its point grid, or by
-    ``boxes``: box proposals, ``Nx4`` xyxy pixels); largest masks first."""
+    ``boxes``: box proposals, ``Nx4`` xyxy pixels or a proposer of them, see the generator); largest masks first."""
     from edgesam_core.inference.automatic_mask_generator import (
         SamAutomaticMaskGenerator,
     )
@@ -363,8 +363,9 @@ def _segment_one(path: Path, stem: str, image: np.ndarray, predictor: Any, promp
     check_prompts_fit(prompts, width, height, path.name)
     boxes = None if prompts.proposals is None else prompts.proposals.boxes_for(path.name, width, height)
     if prompts.everything:  # the generator encodes the image (or its crops) itself, once
-        options = {"boxes": np.asarray(boxes, np.float64).reshape(-1, 4)} if boxes is not None else \
-            FAST_EVERYTHING if prompts.fast else {}
+        if boxes is not None and not callable(boxes):
+            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        options = {"boxes": boxes} if boxes is not None else FAST_EVERYTHING if prompts.fast else {}
         results = predict_everything(predictor, image, **options)
     else:
         predictor.set_image(image)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgesam_core.errors import ConfigError, InputError
-from edgesam_core.inference.box_proposals import BoxProposals, load_box_proposals
+from edgesam_core.inference.box_proposals import BoxProposals, LearnedProposals, load_box_proposals
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class SegmentPrompts:
         everything: segment the whole image with the automatic mask generator instead.
         fast: with ``everything``, the generator's fast mode (:data:`FAST_EVERYTHING`).
         task: the name of a learned task prompt to segment by, with no click (``--task``).
-        proposals: with ``everything``, a detector's boxes to prompt with instead of the point grid
-            (``--proposals``).
+        proposals: with ``everything``, boxes to prompt with instead of the point grid (``--proposals``): a
+            detector's, or a trained proposal head's.
     """
 
     points: tuple[tuple[float, float], ...] = ()
@@ -36,7 +36,7 @@ class SegmentPrompts:
     everything: bool = False
     fast: bool = False
     task: str | None = None
-    proposals: BoxProposals | None = None
+    proposals: BoxProposals | LearnedProposals | None = None
 
     def prompt_sets(self) -> list[dict[str, object]]:
         """One dict per decoder call: ``{"points": [...], "labels": [...], "box": [...] | None}`` (or

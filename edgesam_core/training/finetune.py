@@ -32,7 +32,7 @@ from edgesam_core.errors import ConfigError, DatasetError, TrainingError
 from edgesam_core.progress import NullProgress, Progress
 from edgesam_core.training.distributed import all_true, barrier
 
-TRAINABLE = ("decoder", "encoder+decoder", "prompt")
+TRAINABLE = ("decoder", "encoder+decoder", "prompt", "proposals")
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0
 MAX_BAD_STEPS = 10
 STATE_FILE = "finetune_state.pt"
@@ -319,8 +319,9 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
     from edgesam_core.training.state import atomic_save
 
     dist_info = init_distributed(opts.device)
-    if dist_info.enabled and opts.train == "prompt":
-        raise ConfigError("--train prompt runs in one process (it trains a few tokens); drop torchrun for it")
+    if dist_info.enabled and opts.train in ("prompt", "proposals"):
+        raise ConfigError(f"--train {opts.train} runs in one process (a small head on cached embeddings); drop "
+                          "torchrun for it")
     progress = (progress or NullProgress()) if dist_info.is_main else NullProgress()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +334,7 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
                           "edge_sam_dyt) and build its HQ decoder with 'edgesam distill --step hq'")
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = list(model.mask_decoder.parameters()) if opts.train != "prompt" else []
+    trainable = list(model.mask_decoder.parameters()) if opts.train not in ("prompt", "proposals") else []
     if opts.train == "encoder+decoder":
         from edgesam_core.training.lora import add_lora
 
@@ -372,6 +373,11 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
     barrier(dist_info)
     cache_seconds = time.perf_counter() - start
 
+    if opts.train == "proposals":
+        from edgesam_core.training.proposal_training import train_proposals
+
+        return train_proposals(model, checkpoint, train_items, val_items, cache, cache_seconds, out, opts, progress,
+                               rng)
     if opts.train == "prompt":
         return _train_task(model, checkpoint, train_items, val_items, cache, cache_seconds, out, opts, progress, rng,
                            _category_ids(data, opts.category))
@@ -439,8 +445,7 @@ def finetune(checkpoint: str | Path, data: Any, out: str | Path, opts: FinetuneO
         model.mask_decoder.eval()
         if dist_info.is_main:
             miou = heldout_miou(model, val_items, cache, _load_rgb)
-            history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5),
-                            "miou": miou})
+            history.append(epoch_record(epoch, losses, miou=miou))
             progress.log(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, held-out mIoU box "
                          f"{miou.get('box', 0):.1f} point {miou.get('point', 0):.1f}")
             if _overall(miou) > _overall(best):
@@ -489,6 +494,26 @@ def _nan_guard(finite: bool, bad: int, lr: float) -> int:
     if bad + 1 >= MAX_BAD_STEPS:
         raise TrainingError(f"{bad + 1} steps in a row had a non-finite loss; lower --lr (now {lr:g})")
     return bad + 1
+
+
+def epoch_record(epoch: int, losses: list[float], **measures: Any) -> dict[str, Any]:
+    """One epoch's history entry: its number, mean training loss (NaN if no step ran) and held-out measures."""
+    return {"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5), **measures}
+
+
+def guarded_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, bad: int, lr: float,
+                 clip: tuple[list[torch.Tensor], float] | None = None) -> int:
+    """Backward and one optimizer step (gradients clipped to ``clip = (params, max_norm)``), skipped when the loss
+    is not finite; returns the steps in a row with a non-finite loss (see :func:`_nan_guard`)."""
+    optimizer.zero_grad(set_to_none=True)
+    bad = _nan_guard(bool(torch.isfinite(loss)), bad, lr)
+    if bad:
+        return bad
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip[0], clip[1])
+    optimizer.step()
+    return 0
 
 
 def _average_gradients(params: list[torch.Tensor], info: Any) -> None:
@@ -581,20 +606,16 @@ def _train_task(model: Any, checkpoint: str | Path, train_items: list[Item], val
                 logits, iou = decode_task(model, embedding, prompt)
                 parts.append(_mask_losses(logits.float(), iou.float(), train_truth[int(k)][None]))
             loss = torch.cat(parts).mean()
-            optimizer.zero_grad(set_to_none=True)
-            bad = _nan_guard(bool(torch.isfinite(loss)), bad, opts.lr)
+            bad = guarded_step(loss, optimizer, bad, opts.lr)
             if bad:
                 continue
-            loss.backward()
-            optimizer.step()
             seconds += time.perf_counter() - t0
             seen += len(parts)
             losses.append(float(loss.detach()))
             progress.advance(task)
         progress.finish(task)
         miou = {"task": heldout_task_miou(model, val_items, cache, prompt, val_truth)}
-        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 5),
-                        "miou": miou})
+        history.append(epoch_record(epoch, losses, miou=miou))
         progress.log(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, held-out task mIoU {miou['task']:.1f}")
         if miou["task"] > best["task"]:
             best, best_epoch, best_prompt = miou, epoch, copy.deepcopy(prompt)
@@ -649,8 +670,10 @@ def _save_weights(model: Any, path: Path) -> None:
 
 
 def _plot(history: list[dict[str, Any]], before: dict[str, float], path: Path,
-          kinds: tuple[str, ...] = ("box", "point")) -> Path | None:
-    """Held-out mIoU per epoch (box, point; or the task), epoch 0 = before; None when matplotlib is missing."""
+          kinds: tuple[str, ...] = ("box", "point"), ylabel: str = "held-out mIoU (x100)",
+          key: str = "miou") -> Path | None:
+    """Held-out mIoU per epoch (box, point; or the task; or ``ylabel``'s measure), epoch 0 = before; None when
+    matplotlib is missing."""
     try:
         import matplotlib
 
@@ -661,9 +684,9 @@ def _plot(history: list[dict[str, Any]], before: dict[str, float], path: Path,
     epochs = [0] + [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in kinds:
-        ax.plot(epochs, [before.get(kind, 0)] + [h["miou"].get(kind, 0) for h in history], marker="o", label=kind)
+        ax.plot(epochs, [before.get(kind, 0)] + [h[key].get(kind, 0) for h in history], marker="o", label=kind)
     ax.set_xlabel("epoch (0 = before fine-tuning)")
-    ax.set_ylabel("held-out mIoU (x100)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -90,6 +90,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("segment-proposals-no-entry", ["segment", "{ws}/photo.png", "--everything", "--proposals",
                                     "{ws}/other_image_boxes.json", "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"],
      2, "no boxes for photo.png"),
+    ("segment-proposals-not-a-head", ["segment", "{ws}/photo.png", "--everything", "--proposals", "{ws}/tiny.pth",
+                                     "--checkpoint", "{ws}/tiny.pth", "--out", "{out}"], 2, "not a proposals file"),
     ("segment-proposals-list-for-folder", ["segment", "{ws}/photos", "--everything", "--proposals",
                                            "{ws}/one_image_boxes.json", "--checkpoint", "{ws}/tiny.pth", "--out",
                                            "{out}"], 2, "map file names"),
