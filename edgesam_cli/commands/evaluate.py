@@ -25,6 +25,9 @@ EXAMPLES = """
   [dim]# COCO AP with GT boxes as prompts: save masks, then score them with pycocotools[/dim]
   edgesam evaluate --checkpoint edge_sam_dyt.pth --data coco --data-root datasets/coco --refine-clicks 0 --save-masks
 
+  [dim]# 4 processes, resumable: each rank evaluates every 4th image into out/images, the last writes the report[/dim]
+  torchrun --nproc_per_node 4 -m edgesam_cli evaluate --checkpoint edge_sam_dyt.pth --data-root datasets/SA-1B --out out --resume
+
 The output folder gets report.json, miou_vs_clicks.png and, with --save-masks, coco_gt.json plus
 coco_results_click<k>.json (COCO RLE; load with COCO(gt).loadRes(results) and run COCOeval "segm").
 Click 1 is the initial prompt alone; click k adds k-1 corrective points at the centre of the largest
@@ -101,6 +104,10 @@ def command(
     images: Annotated[Path | None, typer.Option(
         "--images", exists=True, dir_okay=False,
         help="Only these images: a file with one name per line, e.g. finetune's heldout_images.txt.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Reuse the per-image results of this same job in --out/images instead of evaluating those "
+        "images again (under torchrun every rank writes its share there and the last to finish writes the report).")
+    ] = False,
 ) -> None:
     """Evaluate prompted segmentation (mIoU x100 per click and per object size) on SA-1B or COCO."""
     import json
@@ -110,14 +117,20 @@ def command(
     from edgesam_cli.console import RichProgress, err_console, out_console
     from edgesam_core.errors import ConfigError
     from edgesam_core.evaluation import evaluate, open_eval_dataset
+    from edgesam_core.evaluation.image_results import ImageResults
     from edgesam_core.evaluation.report import CocoResultsWriter, plot_miou_vs_clicks, table_rows, write_json
     from edgesam_core.inference import load_predictor
+    from edgesam_core.inference.segment_job import shard_from_env
     from edgesam_core.merge import decoder_source_for
 
     if num_multimask_outputs not in (1, 3, 4):
         raise ConfigError(f"--num-multimask-outputs must be 1, 3 or 4, got {num_multimask_outputs}")
     if reference_model and reference is None:
         raise ConfigError("--reference-model needs --reference CHECKPOINT")
+    rank, world = shard_from_env()
+    if save_masks and (resume or world > 1):
+        raise ConfigError("--save-masks writes its results files from one whole run: drop --resume and torchrun, "
+                          "or --save-masks")
 
     dataset = open_eval_dataset(data.value, data_root, split, None if images else num_samples,
                                 order="upstream" if protocol.value == "upstream" else "sorted")
@@ -134,17 +147,25 @@ def command(
     if reference is not None:
         reference_predictor = load_predictor(reference, model=reference_model, device=device)
     writer = CocoResultsWriter() if save_masks else None
+    job = {"checkpoint": str(checkpoint), "model": model, "data": data.value, "data_root": str(data_root),
+           "split": split, "reference": str(reference) if reference else None, "reference_model": reference_model,
+           "device": device}
+    settings = {"prompt": prompt.value, "refine_clicks": refine_clicks, "max_prompts": max_prompts,
+                "num_multimask_outputs": num_multimask_outputs, "multimask_select": multimask_select.value,
+                "seed": seed, "protocol": protocol.value}
+    results = ImageResults(out / "images", {**job, **settings}) if resume or world > 1 else None
     with RichProgress() as progress:
         report = evaluate(predictor, dataset, prompt=prompt.value, refine_clicks=refine_clicks,
                           num_samples=num_samples, reference_predictor=reference_predictor, progress=progress,
                           max_prompts=max_prompts, num_multimask_outputs=num_multimask_outputs,
                           multimask_select=multimask_select.value, seed=seed, on_mask=writer,
-                          protocol=protocol.value)
-    report.settings.update({
-        "checkpoint": str(checkpoint), "model": model, "data": data.value, "data_root": str(data_root),
-        "split": split, "reference": str(reference) if reference else None, "reference_model": reference_model,
-        "device": device,
-    })
+                          protocol=protocol.value, results=results, resume=resume, shard=(rank, world))
+    report.settings.update(job)
+    if report.missing_images:
+        err_console.print(f"Shard {rank + 1}/{world}: {report.computed_images} images evaluated into {out / 'images'} "
+                          f"({report.images_per_second:.2f} images/s); {report.missing_images} images of other "
+                          "shards are not finished yet: the last shard to finish writes the report.")
+        return
     out.mkdir(parents=True, exist_ok=True)
     summary = report.to_dict()
     files = [write_json(summary, out / "report.json"), plot_miou_vs_clicks(report, out / "miou_vs_clicks.png")]

@@ -27,6 +27,7 @@ from ..errors import ConfigError, EdgeSamError
 from ..inference.base import Predictor
 from ..progress import NullProgress, Progress
 from .eval_prompts import PROMPT_TYPES, Prompt, make_prompt
+from .image_results import ImageResult, ImageResults
 from .metrics import SIZE_BUCKETS, MIoU, aggregate_miou, mask_iou, refinement_click, size_bucket
 from .samples import EvalObject, EvalSample
 from .upstream import upstream_click, upstream_iou, upstream_mask_center, upstream_subset, upstream_target
@@ -57,7 +58,9 @@ class EvalReport:
 
     ``clicks[k]`` holds the mIoU after click ``k + 1`` (click 1 = the initial prompt alone), overall
     (``"all"``) and per COCO size bucket, each with its prompt count. ``ious`` is the P x K array of
-    per-prompt IoUs and ``buckets`` the size bucket of each prompt.
+    per-prompt IoUs and ``buckets`` the size bucket of each prompt. ``computed_images`` were evaluated by this
+    call (the others' results were read back: resumed, or other shards'); ``missing_images`` belong to shards
+    whose results are not written yet (the report is then partial).
     """
 
     settings: dict[str, Any]
@@ -68,6 +71,14 @@ class EvalReport:
     clicks: list[dict[str, MIoU]]
     ious: np.ndarray = field(repr=False)
     buckets: list[str] = field(repr=False)
+    computed_images: int = -1
+    missing_images: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        """Images evaluated by this call per second of its run."""
+        computed = self.num_images if self.computed_images < 0 else self.computed_images
+        return computed / self.seconds if self.seconds > 0 else 0.0
 
     def miou(self, click: int = 1, size: str = "all") -> float:
         """mIoU (x100) after ``click`` (1-based) for ``size`` (``all``, ``small``, ``medium``, ``large``)."""
@@ -81,6 +92,9 @@ class EvalReport:
             "num_prompts": self.num_prompts,
             "skipped_empty_masks": self.skipped_empty,
             "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            **({"computed_images": self.computed_images} if 0 <= self.computed_images != self.num_images else {}),
+            **({"missing_images": self.missing_images} if self.missing_images else {}),
             "clicks": [
                 {"click": k + 1, **{name: entry[name].to_dict() for name in ("all", *SIZE_BUCKETS)}}
                 for k, entry in enumerate(self.clicks)
@@ -235,6 +249,9 @@ def evaluate(
     seed: int = 0,
     on_mask: Callable[[MaskRecord], None] | None = None,
     protocol: str = "exact",
+    results: ImageResults | None = None,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> EvalReport:
     """Score a predictor's masks against ground truth (or a reference model) with optional refinement clicks.
 
@@ -260,9 +277,16 @@ def evaluate(
         protocol: ``exact`` (default: exact GT, clicks at the centre of the largest error region) or
             ``upstream`` (EdgeSAM's eval_mIoU.py: GT resampled through the model frame, clicks drawn at
             random from the low-res error region, label -2 below 10 pixels; seeded by ``seed``).
+        results: per-image results on disk: each computed image's are written there.
+        resume: reuse this job's stored results of an image instead of computing it again (needs ``results``).
+        shard: ``(rank, world_size)``: compute every ``world_size``-th image from ``rank`` (e.g. under torchrun);
+            the other images' results are read from ``results`` (needs it when ``world_size`` > 1).
+
+    Images are read one ahead, in a background thread, while the current one is evaluated.
 
     Returns:
-        An :class:`EvalReport`.
+        An :class:`EvalReport` over every image with a result; ``missing`` counts the images of other shards
+        whose results are not in ``results`` yet (their objects are not in the report).
 
     Raises:
         ConfigError: invalid settings.
@@ -280,17 +304,36 @@ def evaluate(
     reference_select = "area" if multimask_select == "area" else "score"
     rounds = 1 + refine_clicks
 
-    rows: list[list[float]] = []
-    buckets: list[str] = []
-    num_images = skipped = 0
+    rank, world = shard
+    if (world > 1 or resume) and results is None:
+        raise ConfigError("sharding and resuming an evaluation need a results folder (results=ImageResults(...))")
+
+    def plan(index: int, sample: EvalSample) -> tuple[bool, ImageResult | None]:
+        """Whether to compute this image here, and its stored result (None: none to reuse)."""
+        mine = index % world == rank
+        stored = results.load(sample.key) if results is not None and (resume or not mine) else None
+        return mine and stored is None, stored
+
+    entries: list[ImageResult] = []
+    computed = missing = 0
     start = time.perf_counter()
-    task = progress.add_task("Evaluating", total=total)
-    for sample in dataset:
+    task = progress.add_task("Evaluating" if world == 1 else f"Evaluating (shard {rank + 1}/{world})", total=total)
+    for sample, compute, stored, loading in _read_ahead(dataset, plan):
+        if not compute:
+            if stored is None:
+                missing += 1
+            else:
+                entries.append(stored)
+            progress.advance(task)
+            continue
+        rows: list[list[float]] = []
+        buckets: list[str] = []
+        skipped = 0
         if upstream:
             objects = [sample.objects[i] for i in upstream_subset(len(sample.objects), max_prompts, sample.index)]
         else:
             objects = select_objects(sample.objects, max_prompts, seed, sample.key)
-        image = sample.image()
+        image = loading.result()
         predictor.set_image(image)
         if reference_predictor is not None:
             reference_predictor.set_image(image)
@@ -350,12 +393,18 @@ def evaluate(
         for track in tracks:
             for record in track.records:
                 on_mask(record)  # type: ignore[misc]  # records are only kept with on_mask
-            rows.append(track.row)
+            rows.append([float(v) for v in track.row])
             buckets.append(size_bucket(track.area))
-        num_images += 1
+        entries.append(ImageResult(rows, buckets, skipped))
+        if results is not None:
+            results.save(sample.key, entries[-1])
+        computed += 1
         progress.advance(task)
     progress.finish(task)
 
+    seconds = time.perf_counter() - start
+    rows = [row for entry in entries for row in entry.rows]
+    buckets = [bucket for entry in entries for bucket in entry.buckets]
     ious = np.asarray(rows, dtype=np.float64).reshape(len(rows), rounds)
     settings = {
         "prompt": prompt,
@@ -367,6 +416,24 @@ def evaluate(
         "seed": seed,
         "protocol": protocol,
     }
-    return EvalReport(settings=settings, num_images=num_images, num_prompts=len(rows), skipped_empty=skipped,
-                      seconds=time.perf_counter() - start, clicks=aggregate_miou(ious, buckets), ious=ious,
-                      buckets=buckets)
+    return EvalReport(settings=settings, num_images=len(entries), num_prompts=len(rows),
+                      skipped_empty=sum(entry.skipped for entry in entries), seconds=seconds,
+                      clicks=aggregate_miou(ious, buckets), ious=ious, buckets=buckets, computed_images=computed,
+                      missing_images=missing)
+
+
+def _read_ahead(samples: Iterable[EvalSample], plan: Callable[[int, EvalSample], tuple[bool, Any]]) -> Any:
+    """``(sample, compute, stored, loading)`` per sample, in order; ``loading`` (a future of its image, for the
+    samples to compute) starts one sample ahead in a background thread, so decoding overlaps inference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = None
+        for index, sample in enumerate(samples):
+            compute, stored = plan(index, sample)
+            current = (sample, compute, stored, reader.submit(sample.image) if compute else None)
+            if pending is not None:
+                yield pending
+            pending = current
+        if pending is not None:
+            yield pending

@@ -172,6 +172,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("finetune-dense-without-prompt", ["finetune", "{ws}/tiny.pth", "--data", "{ws}/photos", "--task-dense",
                                        "--out", "{out}"], 2, "--task-dense"),
     # evaluate
+    ("evaluate-save-masks-resume", ["evaluate", "--checkpoint", "{ws}/tiny.pth", "--data-root", "{ws}/empty",
+                                    "--save-masks", "--resume", "--out", "{out}"], 2, "--save-masks"),
     ("evaluate-bad-data", ["evaluate", "--checkpoint", "{ws}/tiny.pth", "--data", "imagenet", "--data-root",
                            "{ws}/empty"], 2, "imagenet"),
     ("evaluate-empty-root", ["evaluate", "--checkpoint", "{ws}/tiny.pth", "--data-root", "{ws}/empty", "--out",

@@ -140,3 +140,28 @@ def test_evaluate_cli_pth_and_onnx_agree(debug_model_files, sa1b_root, tmp_path)
             assert onnx_click[size]["count"] == torch_click[size]["count"]
             # mIoU is x100 (JSON rounds to 4 decimals); the tolerance is 1e-4 on the IoU scale.
             assert abs(onnx_click[size]["miou"] - torch_click[size]["miou"]) / 100 <= 1e-4
+
+
+def test_evaluate_cli_shards_under_torchrun_and_resumes(debug_model_files, sa1b_root, tmp_path):
+    """RANK/WORLD_SIZE as torchrun sets them: rank 0 writes its image's results and no report; rank 1, finishing
+    last, writes the report of the whole run; --resume then evaluates nothing again. --save-masks is refused."""
+    args = ["evaluate", "--checkpoint", str(debug_model_files["onnx"]), "--data-root", str(sa1b_root),
+            "--refine-clicks", "1", "--json"]
+    whole = json.loads(_invoke([*args, "--out", str(tmp_path / "whole")]).stdout)
+    out = tmp_path / "sharded"
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--out", str(out)], env={"RANK": "0", "WORLD_SIZE": "2"},
+                          catch_exceptions=False)
+    assert first.exit_code == 0 and "Shard 1/2: 1 images evaluated" in first.output
+    assert not (out / "report.json").exists() and len(list((out / "images").glob("*.json"))) == 1
+    second = runner.invoke(app, [*args, "--out", str(out)], env={"RANK": "1", "WORLD_SIZE": "2"},
+                           catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["clicks"] == whole["clicks"] and report["num_images"] == 2 and report["computed_images"] == 1
+    resumed = json.loads(_invoke([*args, "--out", str(out), "--resume"]).stdout)
+    assert resumed["clicks"] == whole["clicks"] and resumed["computed_images"] == 0
+    from edgesam_core.errors import ConfigError
+
+    refused = runner.invoke(app, [*args, "--out", str(out), "--resume", "--save-masks"])  # the app, not main(): the
+    assert isinstance(refused.exception, ConfigError) and "--save-masks" in str(refused.exception)  # error itself

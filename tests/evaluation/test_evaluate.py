@@ -130,3 +130,82 @@ def test_reports_and_coco_results_score_in_cocoeval(coco_root, tmp_path, capsys,
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(write_json(report.to_dict(), tmp_path / "out" / "report.json").read_text())
     assert saved["clicks"][1]["all"]["miou"] == 100.0 and not math.isnan(saved["clicks"][0]["all"]["miou"])
+
+
+def test_shards_and_resume_give_the_whole_runs_report(sa1b_root, oracle_cls, tmp_path):
+    """Two shards writing into one results folder give, at the second, the single run's report (same IoUs, same
+    order); a resumed run reads every image back without encoding one; another job's files are not reused."""
+    from edgesam_core.evaluation.image_results import ImageResults
+
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    whole = evaluate(oracle_cls(ds, degrade_first=True), ds, prompt="box", refine_clicks=1)
+    job = {"prompt": "box", "refine_clicks": 1}
+    first = evaluate(oracle_cls(ds, degrade_first=True), ds, prompt="box", refine_clicks=1,
+                     results=ImageResults(tmp_path, job), shard=(0, 2))
+    assert (first.computed_images, first.missing_images, first.num_images) == (1, 1, 1)
+    assert first.to_dict()["missing_images"] == 1
+    second = evaluate(oracle_cls(ds, degrade_first=True), ds, prompt="box", refine_clicks=1,
+                      results=ImageResults(tmp_path, job), shard=(1, 2))
+    assert (second.computed_images, second.missing_images, second.num_images) == (1, 0, 2)
+    np.testing.assert_array_equal(second.ious, whole.ious)
+    assert second.buckets == whole.buckets and second.clicks == whole.clicks
+
+    class Counting(oracle_cls):
+        encoded = 0
+
+        def set_image(self, image, image_format="RGB"):
+            Counting.encoded += 1
+            super().set_image(image, image_format)
+
+    resumed = evaluate(Counting(ds, degrade_first=True), ds, prompt="box", refine_clicks=1,
+                       results=ImageResults(tmp_path, job), resume=True)
+    assert Counting.encoded == 0 and resumed.clicks == whole.clicks and resumed.computed_images == 0
+    other = evaluate(Counting(ds, degrade_first=True), ds, prompt="box", refine_clicks=1,
+                     results=ImageResults(tmp_path, {**job, "refine_clicks": 2}), resume=True)
+    assert Counting.encoded == 2 and other.computed_images == 2
+    with pytest.raises(ConfigError, match="results folder"):
+        evaluate(oracle_cls(ds), ds, shard=(0, 2))
+
+
+def test_the_next_image_is_read_while_the_current_one_is_evaluated(sa1b_root, oracle_cls):
+    import threading
+
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    started = [threading.Event() for _ in range(len(ds))]
+
+    class Slow:
+        """The dataset with image(k) signalling its start."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            for k, sample in enumerate(self.inner):
+                yield Signalling(sample, k)
+
+    class Signalling:
+        """A sample whose ``image()`` first signals that reading image k has started."""
+
+        def __init__(self, sample, k):
+            self.sample, self.k = sample, k
+
+        def __getattr__(self, name):
+            return getattr(self.sample, name)
+
+        def image(self):
+            started[self.k].set()
+            return self.sample.image()
+
+    seen = []
+
+    class Waiting(oracle_cls):
+        def set_image(self, image, image_format="RGB"):
+            k = len(seen)
+            seen.append(k + 1 >= len(started) or started[k + 1].wait(timeout=10))  # next read already under way
+            super().set_image(image, image_format)
+
+    evaluate(Waiting(ds), Slow(ds), prompt="box")
+    assert seen == [True] * len(ds)
