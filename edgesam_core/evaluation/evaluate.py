@@ -309,21 +309,22 @@ def evaluate(
         raise ConfigError("sharding and resuming an evaluation need a results folder (results=ImageResults(...))")
 
     def plan(index: int, sample: EvalSample) -> tuple[bool, ImageResult | None]:
-        """Whether to compute this image here, and its stored result (None: none to reuse)."""
-        mine = index % world == rank
-        stored = results.load(sample.key) if results is not None and (resume or not mine) else None
-        return mine and stored is None, stored
+        """Whether to compute this image here, and its result to reuse (this shard's own, with ``resume``)."""
+        if index % world != rank:
+            return False, None  # another shard's: read once this shard's own images are done
+        stored = results.load(sample.key) if resume and results is not None else None
+        return stored is None, stored
 
-    entries: list[ImageResult] = []
-    computed = missing = 0
+    slots: list[ImageResult | None] = []  # one per image, in the dataset's order
+    others: dict[int, str] = {}  # slot -> image key of another shard's image
+    computed = 0
     start = time.perf_counter()
     task = progress.add_task("Evaluating" if world == 1 else f"Evaluating (shard {rank + 1}/{world})", total=total)
     for sample, compute, stored, loading in _read_ahead(dataset, plan):
         if not compute:
             if stored is None:
-                missing += 1
-            else:
-                entries.append(stored)
+                others[len(slots)] = sample.key
+            slots.append(stored)
             progress.advance(task)
             continue
         rows: list[list[float]] = []
@@ -395,14 +396,19 @@ def evaluate(
                 on_mask(record)  # type: ignore[misc]  # records are only kept with on_mask
             rows.append([float(v) for v in track.row])
             buckets.append(size_bucket(track.area))
-        entries.append(ImageResult(rows, buckets, skipped))
+        slots.append(ImageResult(rows, buckets, skipped))
         if results is not None:
-            results.save(sample.key, entries[-1])
+            results.save(sample.key, slots[-1])
         computed += 1
         progress.advance(task)
     progress.finish(task)
 
     seconds = time.perf_counter() - start
+    # Other shards' images last: each shard saves its own before reading theirs, so the last to finish sees all.
+    for slot, key in others.items():
+        slots[slot] = results.load(key) if results is not None else None
+    entries = [entry for entry in slots if entry is not None]
+    missing = len(slots) - len(entries)
     rows = [row for entry in entries for row in entry.rows]
     buckets = [bucket for entry in entries for bucket in entry.buckets]
     ious = np.asarray(rows, dtype=np.float64).reshape(len(rows), rounds)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +52,8 @@ class ImageResults:
             return None
 
     def save(self, key: str, result: ImageResult) -> None:
-        """Write image ``key``'s result (a temporary file renamed into place: never half written)."""
-        text = json.dumps({"key": key, "job": self.job, "rows": result.rows, "buckets": result.buckets,
-                           "skipped": result.skipped})
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".part-", suffix=".json")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
-            os.replace(temporary, self._path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        """Write image ``key``'s result atomically (never half written)."""
+        from edgesam_core.evaluation.report import write_json
+
+        write_json({"key": key, "job": self.job, "rows": result.rows, "buckets": result.buckets,
+                    "skipped": result.skipped}, self._path(key), indent=None)

@@ -25,18 +25,23 @@ FORMAT_HINT = 'write [[x0, y0, x1, y1], ...] for one image or {"photo.jpg": [[x0
 
 
 @dataclass(frozen=True)
-class BoxProposals:
-    """Boxes read from a proposals file.
-
-    Attributes:
-        source: the file, as given.
-        sha256: digest of its bytes (a resumed run reuses outputs only for the same boxes).
-        images: ``(image file name, boxes)`` pairs; a plain list is stored under the name ``""`` (any image).
-    """
+class _ProposalsFile:
+    """A ``--proposals`` file: ``source`` as given, ``sha256`` of its bytes."""
 
     source: str
     sha256: str
-    images: tuple[tuple[str, tuple[Box, ...]], ...]
+
+    def signature(self) -> dict[str, str]:
+        """What a job's outputs depend on (the file, by digest): a resumed run reuses outputs only for the same."""
+        return {"file": Path(self.source).name, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class BoxProposals(_ProposalsFile):
+    """Boxes read from a proposals file; ``images``: ``(image file name, boxes)`` pairs (a plain list is stored
+    under the name ``""``: any image)."""
+
+    images: tuple[tuple[str, tuple[Box, ...]], ...] = ()
 
     @property
     def is_single_list(self) -> bool:
@@ -63,33 +68,18 @@ class BoxProposals:
             clipped.append((x0, y0, x1, y1))
         return clipped
 
-    def signature(self) -> dict[str, str]:
-        """What a job's outputs depend on (the boxes, by digest)."""
-        return {"file": Path(self.source).name, "sha256": self.sha256}
-
 
 @dataclass(frozen=True)
-class LearnedProposals:
-    """A trained proposal head (``edgesam finetune --train proposals``): boxes from each image's embedding.
+class LearnedProposals(_ProposalsFile):
+    """A trained proposal head (``edgesam finetune --train proposals``): boxes from each image's embedding (at
+    most ``MAX_BOXES`` of objectness >= ``MIN_SCORE``, see :mod:`edgesam_core.models.box_proposal_head`)."""
 
-    Attributes:
-        source: the file, as given. sha256: digest of its bytes. max_boxes, min_score: what is kept per image.
-    """
-
-    source: str
-    sha256: str
-    max_boxes: int = 100
-    min_score: float = 0.05
     is_single_list = False
 
     def boxes_for(self, image_name: str, width: int, height: int) -> Callable[[Any], Any]:
         """A proposer for the mask generator: ``proposer(predictor)`` -> the image's boxes (``Nx4`` pixels)."""
         head, meta = _load_head(self.source, self.sha256)
-        return lambda predictor: propose_boxes(head, meta, predictor, self.max_boxes, self.min_score, self.source)
-
-    def signature(self) -> dict[str, str]:
-        """What a job's outputs depend on (the head, by digest)."""
-        return {"file": Path(self.source).name, "sha256": self.sha256}
+        return lambda predictor: propose_boxes(head, meta, predictor, self.source)
 
 
 @lru_cache(maxsize=4)
@@ -102,7 +92,7 @@ def _load_head(source: str, sha256: str) -> tuple[Any, dict]:
         raise InputError(f"{source} {exc}") from None
 
 
-def propose_boxes(head: Any, meta: dict, predictor: Any, max_boxes: int, min_score: float, source: str) -> Any:
+def propose_boxes(head: Any, meta: dict, predictor: Any, source: str) -> Any:
     """The head's boxes for the image set in ``predictor``, in its pixels (``Nx4`` float64 array)."""
     import numpy as np
     import torch
@@ -123,8 +113,7 @@ def propose_boxes(head: Any, meta: dict, predictor: Any, max_boxes: int, min_sco
     with torch.no_grad():
         objectness, sides = head(embedding.detach().float().cpu())
     input_h, input_w = predictor.input_size
-    boxes, _ = decode_proposals(objectness[0], sides[0], int(meta["img_size"]) / expected[1], (input_h, input_w),
-                                max_boxes, min_score)
+    boxes, _ = decode_proposals(objectness[0], sides[0], int(meta["img_size"]) / expected[1], (input_h, input_w))
     height, width = predictor.original_size
     boxes = boxes.double() * torch.tensor([width / input_w, height / input_h] * 2, dtype=torch.float64)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -161,7 +150,7 @@ def load_box_proposals(path: str | Path) -> BoxProposals | LearnedProposals:
         images = tuple((name, _boxes(boxes, path, name)) for name, boxes in document.items())
     else:
         raise InputError(f"{path} holds no boxes: {FORMAT_HINT}")
-    return BoxProposals(str(path), hashlib.sha256(raw).hexdigest(), images)
+    return BoxProposals(str(path), hashlib.sha256(raw).hexdigest(), images=images)
 
 
 def _boxes(entries: Any, path: Path, name: str) -> tuple[Box, ...]:

@@ -18,6 +18,8 @@ from torch import nn
 
 #: Smallest and largest predicted distance from a cell centre to a box side, in cells.
 MIN_SIDE, MAX_SIDE = 0.25, 128.0
+#: Boxes kept per image by default, and their lowest objectness (used by training's recall and by ``segment``).
+MAX_BOXES, MIN_SCORE = 100, 0.05
 
 
 class BoxProposalHead(nn.Module):
@@ -89,7 +91,7 @@ def proposal_loss(objectness: torch.Tensor, sides: torch.Tensor, heat: torch.Ten
 
 @torch.no_grad()
 def decode_proposals(objectness: torch.Tensor, sides: torch.Tensor, stride: float, input_size: tuple[int, int],
-                     max_boxes: int = 100, min_score: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_boxes: int = MAX_BOXES, min_score: float = MIN_SCORE) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's boxes: local maxima (3x3) of the objectness inside the ``input_size`` (h, w) part of the frame,
     the ``max_boxes`` best with a score of at least ``min_score``.
 

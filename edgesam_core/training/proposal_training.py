@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from edgesam_core.models.box_proposal_head import (
+    MAX_BOXES,
+    MIN_SCORE,
     BoxProposalHead,
     decode_proposals,
     proposal_head_file,
@@ -29,7 +31,6 @@ from edgesam_core.models.box_proposal_head import (
 from edgesam_core.progress import Progress
 
 PROPOSALS_FILE = "proposals.pt"
-MAX_BOXES, MIN_SCORE = 100, 0.05
 
 
 @torch.no_grad()

@@ -167,6 +167,29 @@ def test_shards_and_resume_give_the_whole_runs_report(sa1b_root, oracle_cls, tmp
         evaluate(oracle_cls(ds), ds, shard=(0, 2))
 
 
+def test_the_last_shard_to_finish_writes_the_whole_report_while_both_run(sa1b_root, oracle_cls, tmp_path):
+    """Shards run at the same time: shard 1 passes shard 0's image before shard 0 has saved it (shard 0 finishes
+    while shard 1 evaluates its own image). Shard 1 finishes last and must still report every image: other shards'
+    results are read after a shard's own work, not as its loop passes them."""
+    from edgesam_core.evaluation.image_results import ImageResults
+
+    ds = open_eval_dataset("sa1b", sa1b_root, "val")
+    whole = evaluate(oracle_cls(ds), ds, prompt="box")
+    job = {"prompt": "box"}
+    ran_first = []
+
+    class ShardOneFinishingLast(oracle_cls):
+        def set_image(self, image, image_format="RGB"):
+            ran_first.append(evaluate(oracle_cls(ds), ds, prompt="box", results=ImageResults(tmp_path, job),
+                                      shard=(0, 2)))  # shard 0 runs to its end meanwhile
+            super().set_image(image, image_format)
+
+    last = evaluate(ShardOneFinishingLast(ds), ds, prompt="box", results=ImageResults(tmp_path, job), shard=(1, 2))
+    assert ran_first[0].missing_images == 1  # shard 1's image was not saved yet when shard 0 finished
+    assert last.missing_images == 0 and last.num_images == 2 and last.clicks == whole.clicks
+    np.testing.assert_array_equal(last.ious, whole.ious)
+
+
 def test_the_next_image_is_read_while_the_current_one_is_evaluated(sa1b_root, oracle_cls):
     import threading
 

@@ -157,7 +157,7 @@ def test_a_head_for_another_embedding_is_refused(proposals_run):
             return np.zeros((1, 64, 8, 8), np.float32)
 
     with pytest.raises(InputError, match="32x8x8 embeddings, this model gives 64x8x8; train proposals"):
-        propose_boxes(head, meta, Wide(), 100, 0.05, "p.pt")
+        propose_boxes(head, meta, Wide(), "p.pt")
 
 
 def test_head_shapes():
